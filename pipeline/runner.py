@@ -1,0 +1,56 @@
+"""Run a DAG on the embedded default, with rich progress bars for each wave."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+from cloudfiles import CloudFiles
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline.config import RunConfig
+from pipeline.queue import WaveProgress, log_reporter, use_reporter
+
+
+@contextlib.contextmanager
+def rich_waves(console: Console | None = None):
+    """While active, every wave without its own reporter shows a rich bar with ETA."""
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+    bars: dict[str, int] = {}
+
+    def factory(wave: str):
+        logger = log_reporter()
+
+        def report(p: WaveProgress) -> None:
+            if wave not in bars:
+                bars[wave] = progress.add_task(f"wave {wave}", total=p.total)
+            progress.update(bars[wave], completed=p.done, total=p.total)
+            logger(p)
+        return report
+
+    use_reporter(factory)
+    try:
+        with progress:
+            yield
+    finally:
+        use_reporter(lambda wave: log_reporter())
+
+
+def run_embedded(config: RunConfig, dag_id: str, verbose: bool = False) -> dict[str, Any]:
+    """Run ``dag_id`` on ``config`` through Airflow in this process; return the run report.
+
+    Airflow's own logs show only with ``verbose``; wave progress shows as rich bars on a
+    terminal.
+    """
+    from dags.embedded import run_dag
+
+    with rich_waves(Console(stderr=True, file=sys.stderr)):
+        run_dag(dag_id, config.to_dict(), verbose=verbose)
+    return CloudFiles(config.scratch_path).get_json("report.json")
