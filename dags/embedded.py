@@ -20,7 +20,7 @@ class DagRunFailed(RuntimeError):
 
 
 def airflow_env(home: Path, verbose: bool = True) -> dict[str, str]:
-    """Environment for an embedded Airflow: its own home, SQLite DB, no examples, low parallelism."""
+    """Environment for an embedded Airflow: own home, SQLite DB, no examples, low parallelism."""
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

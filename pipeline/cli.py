@@ -19,7 +19,7 @@ from pipeline.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="petarecon: petascale neural circuit reconstruction from EM.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
@@ -129,7 +129,7 @@ def worker(queue_url: Annotated[str, typer.Argument(help="fq://, sqs:// or pubsu
 @app.command()
 @friendly
 def synth(output: Annotated[str, typer.Argument(help="output root (path or cloud path)")],
-          shape: Annotated[tuple[int, int, int], typer.Option(help="x y z voxels")] = (256, 256, 32),
+          shape: Annotated[tuple[int, int, int], typer.Option(help="x y z")] = (256, 256, 32),
           seed: Annotated[int, typer.Option()] = 0,
           resolution: Annotated[tuple[float, float, float], typer.Option()] = (8, 8, 40),
           misalign: Annotated[bool, typer.Option(help="inject per-section shifts")] = False,

@@ -7,6 +7,7 @@ same pool. The Kubernetes backend implements the same :class:`Cluster` interface
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -85,10 +86,8 @@ class LocalCluster(Cluster):
 
     def stop(self, pid: int, sig: int = signal.SIGTERM) -> None:
         """Signal one worker (SIGTERM drains it; SIGKILL kills it mid-task)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
         if sig == signal.SIGKILL:
             (self.dir / f"{pid}.pid").unlink(missing_ok=True)
 
@@ -110,10 +109,8 @@ def _is_worker(pid: int) -> bool:
     try:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             return False
         return "workers" in p.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):

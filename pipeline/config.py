@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -98,18 +99,20 @@ class RunConfig(_Strict):
 
     name: str = Field(description="run name: lowercase letters, digits and dashes")
     output: str = Field(description="root under which every layer of the run is written")
-    scratch: str | None = Field(None, description="tables and bookkeeping (default output/scratch)")
+    scratch: str | None = Field(
+        None, description="tables and bookkeeping (default: output/scratch)")
     input: str | None = Field(None, description="input image layer, for stages after ingest")
     bbox: tuple[int, int, int, int, int, int] | None = Field(
         None, description="[x0, y0, z0, x1, y1, z1] in voxels at `mip`; default: whole input")
     mip: int = Field(0, ge=0)
     resolution: tuple[float, float, float] = Field(
         (8.0, 8.0, 40.0), description="nm per voxel of layers created from stacks")
-    chunk_size: PositiveVec = Field((128, 128, 32), description="voxels per task chunk")
     storage_chunk_size: PositiveVec = Field((64, 64, 16), description="voxels per stored chunk")
-    queue: str | None = Field(None, description="fq://, sqs:// or pubsub:// (default: fq:// in scratch)")
+    chunk_size: PositiveVec = Field((128, 128, 32), description="voxels per task chunk")
+    queue: str | None = Field(
+        None, description="fq://, sqs:// or pubsub:// (default: fq:// in scratch)")
     lease_seconds: int = Field(600, ge=5, description="task lease; renewed at half-life")
-    max_attempts: int = Field(3, ge=1, le=100, description="failures before a task is dead-lettered")
+    max_attempts: int = Field(3, ge=1, le=100, description="failures before dead-lettering")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     overwrite: bool = Field(False, description="allow writing into layers that hold data")
     ingest: IngestParams | None = None
@@ -147,9 +150,15 @@ class RunConfig(_Strict):
 
     @field_validator("chunk_size", "storage_chunk_size")
     @classmethod
-    def _positive(cls, v: Vec) -> Vec:
+    def _positive(cls, v: Vec, info: ValidationInfo) -> Vec:
         if any(c <= 0 for c in v):
             raise ValueError(f"every entry must be > 0, got {list(v)}")
+        storage = info.data.get("storage_chunk_size")
+        if info.field_name == "chunk_size" and storage:
+            bad = [f"{a}={c} is not a multiple of {s}"
+                   for a, c, s in zip("xyz", v, storage, strict=True) if c % s]
+            if bad:
+                raise ValueError("must be a multiple of storage_chunk_size: " + "; ".join(bad))
         return v
 
     @field_validator("resolution")
@@ -157,6 +166,13 @@ class RunConfig(_Strict):
     def _resolution(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(r <= 0 for r in v):
             raise ValueError(f"every entry must be > 0 nm, got {list(v)}")
+        return v
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _bbox_length(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple) and len(v) != 6:
+            raise ValueError(f"needs 6 numbers [x0, y0, z0, x1, y1, z1], got {len(v)}")
         return v
 
     @field_validator("bbox")
@@ -168,11 +184,6 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
-        bad = [f"{a}={c} is not a multiple of {s}" for a, c, s in
-               zip("xyz", self.chunk_size, self.storage_chunk_size, strict=True) if c % s]
-        if bad:
-            raise ValueError("chunk_size must be a multiple of storage_chunk_size: "
-                             + "; ".join(bad))
         if self.queue is None and not self.output.startswith("file://"):
             raise ValueError("queue is required when output is not a file:// path")
         if self.input is None and self.ingest is None:

@@ -95,7 +95,8 @@ class Bbox:
     def slices(self, relative_to: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice]:
         """Numpy slices selecting this box inside an array whose origin is ``relative_to``."""
         o = vec(relative_to)
-        return tuple(slice(a - c, b - c) for a, b, c in zip(self.start, self.stop, o, strict=True))  # type: ignore[return-value]
+        return tuple(slice(a - c, b - c)  # type: ignore[return-value]
+                     for a, b, c in zip(self.start, self.stop, o, strict=True))
 
     def __str__(self) -> str:
         return f"{'_'.join(map(str, self.start))}-{'_'.join(map(str, self.stop))}"
@@ -147,7 +148,7 @@ class ChunkGrid:
 
 @dataclass(frozen=True, order=True)
 class OctreeNode:
-    """A node of the octree: ``level`` 0 is an atomic chunk, ``coord`` is its index at that level."""
+    """An octree node: ``level`` 0 is an atomic chunk; ``coord`` is its index at that level."""
 
     level: int
     coord: Vec

@@ -43,7 +43,8 @@ def task_payload(task: Any) -> Any:
 
 def task_key(task: Any) -> str:
     """A stable id for a task's content: the same task gets the same key on every delivery."""
-    blob = orjson.dumps(task_payload(task), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    options = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+    blob = orjson.dumps(task_payload(task), option=options)
     return hashlib.sha1(blob).hexdigest()[:20]
 
 
@@ -125,7 +126,11 @@ def log_reporter(every: float = 5.0) -> Reporter:
     return report
 
 
-_reporter_factory: Callable[[str], Reporter] = lambda wave: log_reporter()
+def default_reporter(wave: str) -> Reporter:
+    return log_reporter()
+
+
+_reporter_factory: Callable[[str], Reporter] = default_reporter
 
 
 def use_reporter(factory: Callable[[str], Reporter]) -> None:

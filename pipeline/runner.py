@@ -10,8 +10,8 @@ from cloudfiles import CloudFiles
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.config import RunConfig
-from pipeline.queue import WaveProgress, log_reporter, use_reporter
+from pipeline.config import ConfigError, RunConfig
+from pipeline.queue import DeadLetters, WaveProgress, default_reporter, log_reporter, use_reporter
 
 
 @contextlib.contextmanager
@@ -40,17 +40,35 @@ def rich_waves(console: Console | None = None):
         with progress:
             yield
     finally:
-        use_reporter(lambda wave: log_reporter())
+        use_reporter(default_reporter)
+
+
+def preflight(config: RunConfig, dag_id: str) -> RunConfig:
+    """The DAG's sanity check without side effects, so user errors show before Airflow starts."""
+    from pipeline.ingest import stage
+
+    checks = {"ingest": stage.sanity_check}
+    if dag_id not in checks:
+        raise ConfigError([("dag", f"unknown DAG {dag_id!r}; one of {sorted(checks)}")])
+    return checks[dag_id](config)
 
 
 def run_embedded(config: RunConfig, dag_id: str, verbose: bool = False) -> dict[str, Any]:
     """Run ``dag_id`` on ``config`` through Airflow in this process; return the run report.
 
     Airflow's own logs show only with ``verbose``; wave progress shows as rich bars on a
-    terminal.
+    terminal. A failed run raises DagRunFailed with the first dead-lettered task's error.
     """
-    from dags.embedded import run_dag
+    from dags.embedded import DagRunFailed, run_dag
 
-    with rich_waves(Console(stderr=True, file=sys.stderr)):
-        run_dag(dag_id, config.to_dict(), verbose=verbose)
+    preflight(config, dag_id)
+    try:
+        with rich_waves(Console(stderr=True, file=sys.stderr)):
+            run_dag(dag_id, config.to_dict(), verbose=verbose)
+    except DagRunFailed as e:
+        dead = DeadLetters(config.dead_letter_path).list()
+        if dead:
+            raise DagRunFailed(f"{e}\n{len(dead)} dead-lettered task(s); first error: "
+                               f"{dead[0]['error']}") from None
+        raise
     return CloudFiles(config.scratch_path).get_json("report.json")

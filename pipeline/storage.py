@@ -66,10 +66,8 @@ def layer_exists(path: str) -> bool:
 
 def layer_has_data(path: str) -> bool:
     """True when ``path`` holds anything besides its info and status files."""
-    for name in CloudFiles(path).list():
-        if name not in ("info", "provenance", STATUS_FILE):
-            return True
-    return False
+    return any(name not in ("info", "provenance", STATUS_FILE)
+               for name in CloudFiles(path).list())
 
 
 def create_layer(path: str, kind: LayerKind, bbox: Bbox, resolution: tuple[float, float, float],
@@ -126,7 +124,7 @@ def read(path: str | CloudVolume, bbox: Bbox, margin: int | Vec = 0, mip: int = 
     Voxels outside the layer's bounds (the margin at volume edges) are ``fill``; the result
     always has shape ``bbox.grow(margin).shape + (channels,)``.
     """
-    vol = path if isinstance(path, CloudVolume) else open_layer(path, mip)
+    vol = open_layer(path, mip) if isinstance(path, str) else path
     want = bbox.grow(margin)
     bounds = Bbox(tuple(vol.bounds.minpt), tuple(vol.bounds.maxpt))
     have = want.intersection(bounds)
@@ -140,7 +138,7 @@ def read(path: str | CloudVolume, bbox: Bbox, margin: int | Vec = 0, mip: int = 
 
 def write(path: str | CloudVolume, bbox: Bbox, data: np.ndarray, mip: int = 0) -> None:
     """Write ``data`` (x, y, z[, c]) into ``bbox``; the bbox must be aligned to stored chunks."""
-    vol = path if isinstance(path, CloudVolume) else open_layer(path, mip)
+    vol = open_layer(path, mip) if isinstance(path, str) else path
     if data.ndim == 3:
         data = data[..., np.newaxis]
     if tuple(data.shape[:3]) != bbox.shape:

@@ -35,12 +35,16 @@ def downsample_factor(resolution: tuple[float, float, float]) -> tuple[int, int,
 
 
 def pyramid_chunk_size(volume: Vec, chunk: Vec, factor: Vec, num_mips: int) -> Vec | None:
-    """Stored chunk size for the new mips: None (keep the base chunk) when the volume spans
-    ``factor**num_mips`` base chunks along every downsampled axis, else a chunk shrunk so that
-    igneous can still build ``num_mips`` levels of a small volume."""
+    """Stored chunk size for the new mips.
+
+    None (keep the base chunk) when the volume spans ``factor**num_mips`` base chunks along
+    every downsampled axis; else the base chunk shrunk to ``volume // factor**num_mips`` on the
+    axes that need it, so that igneous can still build ``num_mips`` levels of a small volume.
+    """
     if all(v >= c * f**num_mips for v, c, f in zip(volume, chunk, factor, strict=True) if f > 1):
         return None
-    return tuple(max(4, int(c) // f**num_mips) for c, f in zip(chunk, factor, strict=True))  # type: ignore[return-value]
+    return tuple(max(1, min(c, v // f**num_mips)) if f > 1 else c
+                 for v, c, f in zip(volume, chunk, factor, strict=True))  # type: ignore[return-value]
 
 
 def create_pyramid_tasks(layer: str, resolution: tuple[float, float, float], num_mips: int):
