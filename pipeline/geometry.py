@@ -240,6 +240,34 @@ class Octree:
             for a, side in FACES
         )
 
+    def ancestors(self, node: OctreeNode) -> list[OctreeNode]:
+        """``node`` and every node above it, up to and including the root."""
+        chain = [node]
+        while (up := self.parent(chain[-1])) is not None:
+            chain.append(up)
+        return chain
+
+    def internal_faces(self, node: OctreeNode) -> list[tuple[Vec, int]]:
+        """The atomic-chunk faces between ``node``'s children, as (upper chunk coord, axis):
+        the face lies between chunk ``coord - e_axis`` and chunk ``coord``."""
+        if node.level == 0:
+            return []
+        lo, hi = self.chunk_range(node)
+        half = 1 << (node.level - 1)
+        out = []
+        for axis in range(3):
+            mid = lo[axis] + half
+            if mid >= hi[axis]:
+                continue
+            ranges = [range(lo[a], hi[a]) if a != axis else range(mid, mid + 1) for a in range(3)]
+            out += [((x, y, z), axis) for z in ranges[2] for y in ranges[1] for x in ranges[0]]
+        return out
+
+    def corners(self, node: OctreeNode) -> tuple[Vec, Vec]:
+        """Inclusive voxel corners (first voxel, last voxel) of ``node``."""
+        box = self.bbox(node)
+        return box.start, tuple(s - 1 for s in box.stop)  # type: ignore[return-value]
+
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.n_levels:
             raise IndexError(f"level {level} outside octree levels 0..{self.top}")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["apply_defects", "interface_partner", "mitochondria", "place_synapses"]
 
+_XY3 = np.ones((3, 3, 1), dtype=bool)
 _XY5 = np.ones((5, 5, 1), dtype=bool)
 
 
@@ -57,14 +58,14 @@ def _vesicles(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Rim and lumen masks of ``n`` vesicles in the presynaptic crop, or None if no room.
 
-    Centres lie at least 2 px from the pre cell's edge and 24-150 nm from the cleft, favouring
+    Centres lie at least 1 px from the pre cell's edge and 16-100 nm from the cleft, favouring
     the cleft; each vesicle is a disc of radius 2.6 px in its section, clipped to the cell.
     """
-    core = ndimage.binary_erosion(pre_in, structure=_XY5, border_value=1)
-    idx = np.flatnonzero(core & (dist >= 24.0) & (dist <= 150.0))
+    core = ndimage.binary_erosion(pre_in, structure=_XY3, border_value=1)
+    idx = np.flatnonzero(core & (dist >= 16.0) & (dist <= 100.0))
     if idx.size < 20:
         return None
-    weight = np.exp(-dist.flat[idx] / 60.0)
+    weight = np.exp(-dist.flat[idx] / 35.0)
     pick = rng.choice(idx, size=min(n, idx.size), replace=False, p=weight / weight.sum())
     centres = np.zeros(pre_in.shape, dtype=bool)
     centres.flat[pick] = True
@@ -93,11 +94,12 @@ def place_synapses(
 
     A cleft is the membrane band of one cell pair (from :func:`interface_partner`) inside a
     ball of 80-120 nm, restricted to voxels within 2 px in-plane of both cells, and reduced
-    to one 26-connected component of at least ``min_size`` voxels. Clefts keep at least
-    ``min_separation_nm`` apart. ids are 1..n in placement order. Returns the uint64 cleft
-    map, the records (cleft_id, pre, post, centroid [x, y, z] voxel mean, size), and masks for
-    the image: ``psd`` (post cell within 24 nm of the cleft), ``vesicle_rim`` and
-    ``vesicle_lumen`` (a vesicle cloud in the pre cell). Fewer clefts come back when no room.
+    to one 26-connected component of at least ``min_size`` voxels. Both cells have at least
+    2.5 x size voxels within 64 nm of it. Clefts keep at least ``min_separation_nm`` apart.
+    ids are 1..n in placement order. Returns the uint64 cleft map, the records (cleft_id, pre,
+    post, centroid [x, y, z] voxel mean, size), and masks for the image: ``psd`` (post cell
+    within 24 nm of the cleft), ``vesicle_rim`` and ``vesicle_lumen`` (a vesicle cloud in the
+    pre cell). Fewer clefts come back when there is no room.
     """
     shape = seg.shape
     res = np.asarray(resolution, dtype=np.float64)
@@ -138,8 +140,11 @@ def place_synapses(
         existing = clefts[sl] > 0
         if existing.any() and float(dist[existing].min()) < min_separation_nm:
             continue
+        close = dist <= 64.0
+        if min(int((close & (s == a)).sum()), int((close & (s == b)).sum())) < 2.5 * size:
+            continue  # one side is a thin sliver: no room for vesicles or a clear PSD
         pre, post = (a, b) if rng.random() < 0.5 else (b, a)
-        ves = _vesicles(rng, s == pre, dist, int(np.clip(size // 3, 15, 60)))
+        ves = _vesicles(rng, s == pre, dist, int(np.clip(size, 30, 150)))
         if ves is None:
             continue
         clefts[sl][patch] = len(partners) + 1
@@ -229,8 +234,9 @@ def _fold(rng: np.random.Generator, sec: np.ndarray) -> tuple[np.ndarray, dict]:
     theta = rng.uniform(0.0, np.pi)
     normal = np.array([np.cos(theta), np.sin(theta)])
     width = int(rng.integers(3, 9))
-    gx, gy = np.meshgrid(np.arange(X, dtype=np.float64), np.arange(Y, dtype=np.float64),
-                         indexing="ij")
+    gx, gy = np.meshgrid(
+        np.arange(X, dtype=np.float64), np.arange(Y, dtype=np.float64), indexing="ij"
+    )
     d = (gx - point[0]) * normal[0] + (gy - point[1]) * normal[1]
     sign = np.sign(d)
     coords = [gx + sign * width * normal[0], gy + sign * width * normal[1]]

@@ -146,7 +146,7 @@ def cell_labels(
     tree = cKDTree(seeds)
 
     amp = 0.22 * spacing
-    wave = tuple(float(1.3 * spacing / (r * s)) for r, s in zip(res, scale))
+    wave = tuple(float(1.3 * spacing / (r * s)) for r, s in zip(res, scale, strict=True))
     disp = [amp * smooth_noise(rng, shape, wave) for _ in range(3)]
     xs = (np.arange(shape[0]) + 0.5) * res[0]
     ys = (np.arange(shape[1]) + 0.5) * res[1]
@@ -154,9 +154,7 @@ def cell_labels(
     raw = np.empty(shape, dtype=np.uint32)
     for z in range(shape[2]):
         pz = (z + 0.5) * res[2] * scale[2]
-        q = np.stack(
-            [px + disp[0][..., z], py + disp[1][..., z], pz + disp[2][..., z]], axis=-1
-        )
+        q = np.stack([px + disp[0][..., z], py + disp[1][..., z], pz + disp[2][..., z]], axis=-1)
         raw[..., z] = tree.query(q.reshape(-1, 3), k=1)[1].reshape(shape[:2]) + 1
 
     membrane = np.zeros(shape, dtype=bool)
@@ -193,7 +191,7 @@ def _compose_image(
     """Render the defect-free uint8 image (1..255) from the truth masks."""
     shape = seg.shape
     n = int(seg.max()) + 1
-    tone = rng.uniform(-14.0, 14.0, n).astype(np.float32)
+    tone = rng.uniform(-8.0, 8.0, n).astype(np.float32)
     img = CYTOPLASM_VALUE + tone[seg.astype(np.intp)]
     img += 7.0 * smooth_noise(rng, shape, (5.0, 5.0, 1.0))
     img += 4.0 * smooth_noise(rng, shape, (2.0, 2.0, 1.0))
@@ -216,9 +214,7 @@ def _compose_image(
     return np.clip(np.rint(img), 1, 255).astype(np.uint8)
 
 
-def _cleft_probability(
-    rng: np.random.Generator, seg: np.ndarray, clefts: np.ndarray
-) -> np.ndarray:
+def _cleft_probability(rng: np.random.Generator, seg: np.ndarray, clefts: np.ndarray) -> np.ndarray:
     """Detector-like cleft map: 0.78-1 on clefts, a smooth halo and noise capped at 0.47 off."""
     on = clefts > 0
     halo = ndimage.gaussian_filter(on.astype(np.float32), sigma=(1.5, 1.5, 0.6))
@@ -258,9 +254,7 @@ def synthesize(
     if n_synapses is None:
         volume_um3 = float(np.prod(np.asarray(shape) * np.asarray(res))) / 1e9
         n_synapses = max(1, round(4.0 * volume_um3))
-    clefts, synapses, darkening = place_synapses(
-        rngs["synapses"], seg, lab, other, res, n_synapses
-    )
+    clefts, synapses, darkening = place_synapses(rngs["synapses"], seg, lab, other, res, n_synapses)
     mito = mitochondria(rngs["mito"], seg, clefts, res)
     clean = _compose_image(rngs["texture"], seg, mito, darkening)
     prob = _cleft_probability(rngs["probability"], seg, clefts)

@@ -1,0 +1,256 @@
+"""Region graphs over segments, and the octree node step that resolves them exactly.
+
+A :class:`Segments` table holds, per segment id, its size, its *key* (a chunking-invariant id:
+the smallest linear voxel index it covers, or the smallest supervoxel id it holds), its voxel
+bbox and an optional histogram of semantic labels. An :class:`Edges` table holds, per segment
+pair, the max affinity and the affinity sum (fixed point, exact) and count of the voxel faces
+between them. Tables from different chunks combine by id (sums, mins, maxes) in any order with
+the same result.
+
+:func:`resolve` runs greedy merging (size-dependent single linkage for the watershed, mean
+affinity for agglomeration) on one octree node. Segments *frozen* on the node's non-volume
+faces may still change through their neighbours outside, so any edge reaching them is deferred
+and its other endpoint *tainted* (it is frozen from then on). Everything untainted is decided
+exactly as a global run decides it: the heap order is (value, keys), a function of content
+only, and a frozen segment can only affect its neighbours through deferred edges. The root has
+no frozen segments, so it resolves the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.regiongraph_kernel import MODE_MEAN, MODE_SINGLE_LINKAGE, resolve_dense
+
+FIXED_POINT = float(1 << 24)
+"""Affinity sums are accumulated as ``round(affinity * 2**24)`` in int64: exact in any order."""
+
+__all__ = ["FIXED_POINT", "MODE_MEAN", "MODE_SINGLE_LINKAGE", "Edges", "Params", "Resolution",
+           "Segments", "resolve"]
+
+
+def _empty_u64() -> np.ndarray:
+    return np.zeros(0, np.uint64)
+
+
+@dataclass
+class Segments:
+    """Per-segment statistics; ``lo``/``hi`` are inclusive voxel bbox corners (n, 3)."""
+
+    ids: np.ndarray = field(default_factory=_empty_u64)
+    size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    key: np.ndarray = field(default_factory=_empty_u64)
+    lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    hist: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"ids": self.ids, "size": self.size, "key": self.key, "lo": self.lo,
+                "hi": self.hi, "hist": self.hist}
+
+    @classmethod
+    def concat(cls, parts: list[Segments]) -> Segments:
+        """One row per id: sizes and histograms summed, keys min'd, bboxes united."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls()
+        k = max(p.hist.shape[1] for p in parts)
+        ids = np.concatenate([p.ids for p in parts])
+        uniq, inv = np.unique(ids, return_inverse=True)
+        n = len(uniq)
+        out = cls(uniq, np.zeros(n, np.int64), np.full(n, np.iinfo(np.uint64).max, np.uint64),
+                  np.full((n, 3), np.iinfo(np.int64).max, np.int64),
+                  np.full((n, 3), np.iinfo(np.int64).min, np.int64), np.zeros((n, k), np.int64))
+        np.add.at(out.size, inv, np.concatenate([p.size for p in parts]))
+        np.minimum.at(out.key, inv, np.concatenate([p.key for p in parts]))
+        np.minimum.at(out.lo, inv, np.concatenate([p.lo for p in parts]))
+        np.maximum.at(out.hi, inv, np.concatenate([p.hi for p in parts]))
+        if k:
+            hists = [np.pad(p.hist, ((0, 0), (0, k - p.hist.shape[1]))) for p in parts]
+            np.add.at(out.hist, inv, np.concatenate(hists))
+        return out
+
+    def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Segments:
+        """Rename ids through (sorted from, to) arrays, then combine rows that now coincide."""
+        return Segments.concat([Segments(apply_map(self.ids, mapping), self.size, self.key,
+                                         self.lo, self.hi, self.hist)])
+
+
+@dataclass
+class Edges:
+    """Per-pair edge weights with ``a < b``: max affinity, fixed-point sum and face count."""
+
+    a: np.ndarray = field(default_factory=_empty_u64)
+    b: np.ndarray = field(default_factory=_empty_u64)
+    wmax: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    wsum: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"a": self.a, "b": self.b, "wmax": self.wmax, "wsum": self.wsum,
+                "count": self.count}
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.wsum / np.maximum(self.count, 1) / FIXED_POINT
+
+    @classmethod
+    def concat(cls, parts: list[Edges]) -> Edges:
+        """One row per pair (a < b, a != b): max of maxes, sums of sums and counts."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls()
+        a = np.concatenate([p.a for p in parts])
+        b = np.concatenate([p.b for p in parts])
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        keep = lo != hi
+        pairs = np.stack([lo[keep], hi[keep]], axis=1)
+        if not len(pairs):
+            return cls()
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        n = len(uniq)
+        out = cls(uniq[:, 0].copy(), uniq[:, 1].copy(), np.full(n, -np.inf, np.float32),
+                  np.zeros(n, np.int64), np.zeros(n, np.int64))
+        np.maximum.at(out.wmax, inv, np.concatenate([p.wmax for p in parts])[keep])
+        np.add.at(out.wsum, inv, np.concatenate([p.wsum for p in parts])[keep])
+        np.add.at(out.count, inv, np.concatenate([p.count for p in parts])[keep])
+        return out
+
+    def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Edges:
+        """Rename endpoints, then combine edges that now join the same pair (dropping loops)."""
+        return Edges.concat([Edges(apply_map(self.a, mapping), apply_map(self.b, mapping),
+                                   self.wmax, self.wsum, self.count)])
+
+
+def apply_map(ids: np.ndarray, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]
+              ) -> np.ndarray:
+    """``ids`` renamed through ``mapping`` (dict, or sorted ``from`` and ``to`` arrays)."""
+    if isinstance(mapping, dict):
+        src = np.fromiter(mapping.keys(), np.uint64, len(mapping))
+        dst = np.fromiter(mapping.values(), np.uint64, len(mapping))
+        order = np.argsort(src)
+        src, dst = src[order], dst[order]
+    else:
+        src, dst = mapping
+    if not len(src):
+        return ids.copy()
+    pos = np.clip(np.searchsorted(src, ids), 0, len(src) - 1)
+    hit = src[pos] == ids
+    return np.where(hit, dst[pos], ids).astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class Params:
+    """What :func:`resolve` merges.
+
+    ``mode`` MODE_SINGLE_LINKAGE: edges by max affinity, merged while > ``threshold`` (ws_low)
+    when either side is smaller than ``size_threshold`` (ws_size); finals below ``dust`` become 0.
+    ``mode`` MODE_MEAN: edges by mean affinity, merged while > ``threshold``; the size
+    constraint refuses pairs both ≥ ``size_limit`` below ``size_affinity``; the semantic
+    constraint refuses pairs whose dominant labels differ below ``semantic_affinity``.
+    """
+
+    mode: int
+    threshold: float
+    size_threshold: int = 0
+    dust: int = 0
+    size_limit: int = 0
+    size_affinity: float = -1.0
+    semantic_affinity: float = -1.0
+
+
+@dataclass
+class Resolution:
+    """What one node decided: renames, final values, the residual, and the merge history."""
+
+    map_from: np.ndarray
+    map_to: np.ndarray
+    final_from: np.ndarray
+    final_to: np.ndarray
+    segments: Segments
+    edges: Edges
+    history: np.ndarray  # structured: a, b (ids merged: a into b), value, size
+    alias_from: np.ndarray = field(default_factory=_empty_u64)
+    alias_to: np.ndarray = field(default_factory=_empty_u64)
+    """Atomic-chunk ids in this subtree that now live on as residual segment ``alias_to``."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"map_from": self.map_from, "map_to": self.map_to,
+                "final_from": self.final_from, "final_to": self.final_to,
+                "history": self.history, "alias_from": self.alias_from,
+                "alias_to": self.alias_to,
+                **{f"seg_{k}": v for k, v in self.segments.arrays().items()},
+                **{f"edge_{k}": v for k, v in self.edges.arrays().items()}}
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray]) -> Resolution:
+        seg = Segments(**{k[4:]: d[k] for k in d if k.startswith("seg_")})
+        edg = Edges(**{k[5:]: d[k] for k in d if k.startswith("edge_")})
+        return cls(d["map_from"], d["map_to"], d["final_from"], d["final_to"], seg, edg,
+                   d["history"], d["alias_from"], d["alias_to"])
+
+
+HISTORY_DTYPE = np.dtype([("a", np.uint64), ("b", np.uint64), ("value", np.float64),
+                          ("size", np.int64)])
+
+
+def frozen_mask(seg: Segments, node_lo: np.ndarray, node_hi: np.ndarray,
+                volume_faces: tuple[bool, ...]) -> np.ndarray:
+    """Segments whose bbox reaches a face of the node that is not a volume face.
+
+    ``node_lo``/``node_hi`` are the node's inclusive voxel corners; ``volume_faces`` is
+    :func:`pipeline.geometry.Octree.volume_faces` order ((x,lo), (x,hi), (y,lo), ...).
+    """
+    out = np.zeros(len(seg), bool)
+    for axis in range(3):
+        if not volume_faces[2 * axis]:
+            out |= seg.lo[:, axis] <= node_lo[axis]
+        if not volume_faces[2 * axis + 1]:
+            out |= seg.hi[:, axis] >= node_hi[axis]
+    return out
+
+
+def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> Resolution:
+    """Merge greedily what can be decided on this node; return renames, finals and residual."""
+    n = len(seg)
+    ia = np.searchsorted(seg.ids, edges.a).astype(np.int64)
+    ib = np.searchsorted(seg.ids, edges.b).astype(np.int64)
+    if n and len(edges) and not (np.array_equal(seg.ids[np.minimum(ia, n - 1)], edges.a)
+                                 and np.array_equal(seg.ids[np.minimum(ib, n - 1)], edges.b)):
+        raise ValueError("every edge endpoint needs a segment row")
+    hist = seg.hist if seg.hist.shape[0] == n else np.zeros((n, 0), np.int64)
+    (root, tainted, final_val, res, A, B, wmax, wsum, wcnt, hist_out, size_out, key_out,
+     merges) = resolve_dense(
+        seg.size.astype(np.int64), seg.key.astype(np.uint64), frozen.astype(np.bool_),
+        np.ascontiguousarray(hist, np.int64), ia, ib, edges.wmax.astype(np.float32),
+        edges.wsum.astype(np.int64), edges.count.astype(np.int64), params.mode,
+        float(params.threshold), int(params.size_threshold), int(params.dust),
+        int(params.size_limit), float(params.size_affinity), float(params.semantic_affinity))
+    ids = seg.ids
+    moved = root != np.arange(n)
+    final = ~moved & ~tainted
+    resid = ~moved & tainted
+    lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
+    np.minimum.at(lo, root, seg.lo)
+    np.maximum.at(hi, root, seg.hi)
+    rs = Segments(ids[resid], size_out[resid], key_out[resid], lo[resid], hi[resid],
+                  hist_out[resid])
+    redges = Edges.concat([Edges(ids[A[res]], ids[B[res]], wmax[res], wsum[res], wcnt[res])])
+    hist_arr = np.zeros(len(merges), HISTORY_DTYPE)
+    if len(merges):
+        hist_arr["a"] = ids[merges[:, 0].astype(np.int64)]
+        hist_arr["b"] = ids[merges[:, 1].astype(np.int64)]
+        hist_arr["value"] = merges[:, 2]
+        hist_arr["size"] = merges[:, 3].astype(np.int64)
+    return Resolution(ids[moved], ids[root[moved]], ids[final],
+                      final_val[final].astype(np.uint64), rs, redges, hist_arr)

@@ -1,0 +1,337 @@
+"""Chunked watershed (pure arrays): atomic chunk step, face stitching, octree node step, remap.
+
+The basins are defined so that each voxel's decision depends only on affinities within two
+voxels of it, which makes a chunked run equal a single-chunk run exactly:
+
+- steepest ascent as in Zlateski & Seung (2015): a voxel's edges at its maximal affinity,
+  clamped at ``high``; edges ``<= low`` do not exist (voxels without edges are singletons, 0);
+- plateaus at ``high`` keep all their edges (one basin); on a plateau below ``high`` a voxel
+  keeps its first edge (direction order -x, -y, -z, +x, +y, +z) leading to a neighbour whose
+  own maximum is higher (an exit), else its first maximal edge;
+- basins are the connected components of the kept edges (cc3d), stitched across chunk faces.
+
+Then the max-affinity region graph feeds size-dependent single linkage and dust removal,
+resolved up the octree by :func:`pipeline.regiongraph.resolve`. Final ids are the smallest
+linear voxel index of each segment plus one (x fastest over the run bbox): the same whatever
+the chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import fastremap
+import numpy as np
+from numba import njit
+
+from pipeline.regiongraph import (
+    MODE_SINGLE_LINKAGE,
+    Edges,
+    Params,
+    Resolution,
+    Segments,
+    frozen_mask,
+    resolve,
+)
+from pipeline.watershed.kernels import region_graph
+
+MARGIN = 3
+"""Affinity margin an atomic chunk reads: its own decisions and its 1-voxel shell's need 3."""
+
+_CC3D_BITS = np.array([2, 8, 32, 1, 4, 16], dtype=np.uint8)  # our -x,-y,-z,+x,+y,+z in cc3d
+
+
+@dataclass(frozen=True)
+class WatershedParams:
+    """ws_high, ws_low: plateau and singleton thresholds; ws_size: single-linkage size; ws_dust."""
+
+    high: float = 0.99
+    low: float = 0.01
+    size: int = 100
+    dust: int = 50
+
+    def resolve_params(self) -> Params:
+        return Params(MODE_SINGLE_LINKAGE, self.low, size_threshold=self.size, dust=self.dust)
+
+
+@njit(cache=True)
+def _kept_edges(aff, high, low):  # pragma: no cover - compiled
+    X, Y, Z = aff.shape[0], aff.shape[1], aff.shape[2]
+    mx = np.empty((X, Y, Z), np.float32)
+    ties = np.zeros((X, Y, Z), np.uint8)
+    vals = np.empty(6, np.float32)
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                vals[0] = aff[x, y, z, 0] if x > 0 else low
+                vals[1] = aff[x, y, z, 1] if y > 0 else low
+                vals[2] = aff[x, y, z, 2] if z > 0 else low
+                vals[3] = aff[x + 1, y, z, 0] if x < X - 1 else low
+                vals[4] = aff[x, y + 1, z, 1] if y < Y - 1 else low
+                vals[5] = aff[x, y, z + 1, 2] if z < Z - 1 else low
+                m = low
+                for d in range(6):
+                    v = vals[d]
+                    if not v <= high:  # clamps, and NaN never counts as an edge below
+                        v = high if v > high else low
+                    vals[d] = v
+                    if v > m:
+                        m = v
+                mx[x, y, z] = m
+                bits = 0
+                if m > low:
+                    for d in range(6):
+                        if vals[d] == m:
+                            bits |= 1 << d
+                ties[x, y, z] = bits
+    kept = np.zeros((X, Y, Z), np.uint8)
+    steps = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                b = ties[x, y, z]
+                if b == 0 or mx[x, y, z] >= high or (b & (b - 1)) == 0:
+                    kept[x, y, z] = b
+                    continue
+                first = -1
+                exit_ = -1
+                for d in range(6):
+                    if b & (1 << d):
+                        if first < 0:
+                            first = d
+                        nx, ny, nz = x + steps[d][0], y + steps[d][1], z + steps[d][2]
+                        if mx[nx, ny, nz] > mx[x, y, z]:
+                            exit_ = d
+                            break
+                kept[x, y, z] = 1 << (exit_ if exit_ >= 0 else first)
+    return kept
+
+
+def kept_edges(aff: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Per voxel, a 6-bit mask of the steepest-ascent edges it keeps (see module docstring).
+
+    Exact for voxels at least 2 voxels inside ``aff``'s array bounds.
+    """
+    return _kept_edges(np.ascontiguousarray(aff, np.float32), np.float32(high), np.float32(low))
+
+
+@njit(cache=True)
+def _connectivity(kept, lo, hi, cc_bits):  # pragma: no cover - compiled
+    """cc3d voxel graph of region [lo, hi) of ``kept``: an edge if either end keeps it."""
+    X, Y, Z = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
+    out = np.zeros((X, Y, Z), np.uint8)
+    steps = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                k = kept[x + lo[0], y + lo[1], z + lo[2]]
+                for d in range(6):
+                    nx, ny, nz = x + steps[d][0], y + steps[d][1], z + steps[d][2]
+                    if nx < 0 or ny < 0 or nz < 0 or nx >= X or ny >= Y or nz >= Z:
+                        continue
+                    back = kept[nx + lo[0], ny + lo[1], nz + lo[2]] & (1 << ((d + 3) % 6))
+                    if (k & (1 << d)) or back:
+                        out[x, y, z] |= cc_bits[d]
+    return out
+
+
+@njit(cache=True)
+def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - compiled
+    """Per label 1..n of a dense-labelled block: size, min linear index, inclusive bbox."""
+    n = labels.max()
+    size = np.zeros(n + 1, np.int64)
+    key = np.full(n + 1, np.iinfo(np.uint64).max, np.uint64)
+    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n + 1, 3), np.iinfo(np.int64).min, np.int64)
+    X, Y, Z = labels.shape
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                s = labels[x, y, z]
+                if s == 0:
+                    continue
+                gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
+                lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
+                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
+                size[s] += 1
+                if lin < key[s]:
+                    key[s] = lin
+                for a, g in ((0, gx), (1, gy), (2, gz)):
+                    if g < lo[s, a]:
+                        lo[s, a] = g
+                    if g > hi[s, a]:
+                        hi[s, a] = g
+    return size[1:], key[1:], lo[1:], hi[1:]
+
+
+@dataclass
+class ChunkResult:
+    """An atomic chunk's basins (global ids), its resolution, and its face planes."""
+
+    labels: np.ndarray
+    resolution: Resolution
+    faces: dict[str, np.ndarray]
+
+
+def watershed_chunk(aff_padded: np.ndarray, origin: tuple[int, int, int], shape: tuple[int, ...],
+                    id_offset: int, run_start: tuple[int, ...], run_shape: tuple[int, ...],
+                    node_lo: np.ndarray, node_hi: np.ndarray, volume_faces: tuple[bool, ...],
+                    params: WatershedParams) -> ChunkResult:
+    """The level-0 step of one atomic chunk.
+
+    ``aff_padded`` covers the chunk (``origin``, ``shape``) grown by :data:`MARGIN` on every
+    side; outside the run it is 0, and channel c is 0 on the run's first plane along c. Basin
+    ids are ``id_offset + 1..n``, unique across chunks without coordination.
+    """
+    m = MARGIN
+    kept = kept_edges(aff_padded, params.high, params.low)
+    lo = np.array([m] * 3, np.int64)
+    hi = np.array([m + s for s in shape], np.int64)
+    cc = cc3d.color_connectivity_graph(_connectivity(kept, lo, hi, _CC3D_BITS), connectivity=6)
+    own_kept = kept[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
+    cc = np.where(own_kept != 0, cc, 0)
+    local, _ = fastremap.renumber(np.ascontiguousarray(cc), preserve_zero=True)
+    local = local.astype(np.uint64)
+    n = int(local.max())
+    size, key, slo, shi = segment_stats(local, np.array(origin, np.int64),
+                                        np.array(run_start, np.int64),
+                                        np.array(run_shape, np.int64))
+    labels = np.where(local > 0, local + np.uint64(id_offset), np.uint64(0))
+    seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + np.uint64(id_offset), size, key,
+                   slo, shi, np.zeros((n, 0), np.int64))
+    own_aff = aff_padded[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
+    pairs, weights = region_graph(own_aff, labels)
+    edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32),
+                  np.zeros(len(weights), np.int64), np.zeros(len(weights), np.int64))
+    frozen = frozen_mask(seg, node_lo, node_hi, volume_faces)
+    res = resolve(seg, edges, frozen, params.resolve_params())
+    return ChunkResult(labels, res, _faces(labels, kept, aff_padded, shape))
+
+
+def _faces(labels: np.ndarray, kept: np.ndarray, aff: np.ndarray,
+           shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Label planes of all 6 faces; on high faces also the link and affinity planes.
+
+    Link plane c: the last own voxel v and the shell voxel u = v + e_c are joined (v keeps +c
+    or u keeps -c); affinity plane c: aff[u, c], the affinity between them.
+    """
+    m = MARGIN
+    out = {}
+    for c in range(3):
+        take = [slice(m, m + s) for s in shape]
+        own = list(take)
+        own[c] = slice(m + shape[c] - 1, m + shape[c])
+        shell = list(take)
+        shell[c] = slice(m + shape[c], m + shape[c] + 1)
+        idx = [slice(None)] * 3
+        idx[c] = 0
+        out[f"lo{c}"] = np.take(labels, 0, axis=c)
+        out[f"hi{c}"] = np.take(labels, shape[c] - 1, axis=c)
+        link = (kept[tuple(own)] & (1 << (c + 3))) | (kept[tuple(shell)] & (1 << c))
+        out[f"link{c}"] = np.take(link != 0, 0, axis=c)
+        out[f"aff{c}"] = np.take(aff[(*shell, c)], 0, axis=c).astype(np.float32)
+    return out
+
+
+def stitch_face(lower: dict[str, np.ndarray], upper: dict[str, np.ndarray],
+                axis: int) -> tuple[np.ndarray, Edges]:
+    """Across the face between two chunks along ``axis``: basin links (n, 2) and edges."""
+    la = lower[f"hi{axis}"].ravel()
+    lb = upper[f"lo{axis}"].ravel()
+    link = lower[f"link{axis}"].ravel()
+    w = lower[f"aff{axis}"].ravel()
+    both = (la != 0) & (lb != 0)
+    links = np.unique(np.stack([la[link & both], lb[link & both]], axis=1), axis=0)
+    zeros = np.zeros(int(both.sum()), np.int64)
+    edges = Edges.concat([Edges(la[both], lb[both], w[both], zeros, zeros)])
+    return links, edges
+
+
+def apply_links(seg: Segments, edges: Edges, links: np.ndarray
+                ) -> tuple[Segments, Edges, np.ndarray, np.ndarray]:
+    """Unite basin pieces joined across faces; return the tables and the rename (from, to)."""
+    if not len(links):
+        return seg, edges, np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.searchsorted(seg.ids, links)
+    n = len(seg)
+    graph = coo_matrix((np.ones(len(links)), (idx[:, 0], idx[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # representative: the member with the smallest key
+    order = np.lexsort((seg.ids, seg.key, comp))
+    first = np.ones(n, bool)
+    first[1:] = comp[order][1:] != comp[order][:-1]
+    rep_of_comp = np.empty(comp.max() + 1, np.uint64)
+    rep_of_comp[comp[order][first]] = seg.ids[order][first]
+    rep = rep_of_comp[comp]
+    moved = rep != seg.ids
+    mapping = (seg.ids[moved], rep[moved])
+    return seg.relabel(mapping), edges.relabel(mapping), mapping[0], mapping[1]
+
+
+def compose(first: tuple[np.ndarray, np.ndarray], then: tuple[np.ndarray, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The rename ``then ∘ first`` as sorted (from, to) arrays."""
+    from pipeline.regiongraph import apply_map
+
+    src = np.concatenate([first[0], then[0]])
+    dst = np.concatenate([apply_map(first[1], _sorted(then)), then[1]])
+    src, idx = np.unique(src, return_index=True)
+    return src, dst[idx]
+
+
+def _sorted(m: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(m[0], kind="stable")
+    return m[0][order], m[1][order]
+
+
+def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: list[Edges],
+              node_lo: np.ndarray, node_hi: np.ndarray, volume_faces: tuple[bool, ...],
+              params: Params) -> Resolution:
+    """A composite octree node: unite its children's residuals across its internal faces and
+    resolve what can now be decided.
+
+    ``links`` and ``face_edges`` name atomic-chunk ids; the children's aliases translate them
+    to the residual segments those pieces now belong to.
+    """
+    from pipeline.regiongraph import apply_map
+
+    seg = Segments.concat([c.segments for c in children])
+    alias = _sorted((np.concatenate([c.alias_from for c in children] + [seg.ids]),
+                     np.concatenate([c.alias_to for c in children] + [seg.ids])))
+    edges = Edges.concat([c.edges for c in children]
+                         + [Edges(apply_map(e.a, alias), apply_map(e.b, alias), e.wmax, e.wsum,
+                                  e.count) for e in face_edges])
+    all_links = np.concatenate(links) if links else np.zeros((0, 2), np.uint64)
+    all_links = apply_map(all_links.astype(np.uint64).reshape(-1), alias).reshape(-1, 2)
+    seg, edges, lf, lt = apply_links(seg, edges, all_links)
+    res = resolve(seg, edges, frozen_mask(seg, node_lo, node_hi, volume_faces), params)
+    res.map_from, res.map_to = compose(_sorted((lf, lt)), _sorted((res.map_from, res.map_to)))
+    target = apply_map(alias[1], _sorted((res.map_from, res.map_to)))
+    live = np.isin(target, res.segments.ids)
+    res.alias_from, res.alias_to = alias[0][live], target[live]
+    return res
+
+
+def remap(labels: np.ndarray, chain: list[Resolution]) -> np.ndarray:
+    """Final ids of ``labels`` following renames and finals from the chunk's node to the root."""
+    from pipeline.regiongraph import apply_map
+
+    uniq, inv = np.unique(labels, return_inverse=True)
+    cur = uniq.copy()
+    out = np.zeros(len(uniq), np.uint64)
+    done = uniq == 0
+    for res in chain:
+        cur = apply_map(cur, _sorted((res.map_from, res.map_to)))
+        ff, ft = _sorted((res.final_from, res.final_to))
+        if len(ff):
+            pos = np.clip(np.searchsorted(ff, cur), 0, len(ff) - 1)
+            hit = (ff[pos] == cur) & ~done
+            out[hit] = ft[pos[hit]]
+            done |= hit
+    if not done.all():
+        raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
+    return out[inv].reshape(labels.shape)
