@@ -254,3 +254,86 @@ def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> 
         hist_arr["size"] = merges[:, 3].astype(np.int64)
     return Resolution(ids[moved], ids[root[moved]], ids[final],
                       final_val[final].astype(np.uint64), rs, redges, hist_arr)
+
+
+def apply_links(seg: Segments, edges: Edges, links: np.ndarray
+                ) -> tuple[Segments, Edges, np.ndarray, np.ndarray]:
+    """Unite basin pieces joined across faces; return the tables and the rename (from, to)."""
+    if not len(links):
+        return seg, edges, np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.searchsorted(seg.ids, links)
+    n = len(seg)
+    graph = coo_matrix((np.ones(len(links)), (idx[:, 0], idx[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # representative: the member with the smallest key
+    order = np.lexsort((seg.ids, seg.key, comp))
+    first = np.ones(n, bool)
+    first[1:] = comp[order][1:] != comp[order][:-1]
+    rep_of_comp = np.empty(comp.max() + 1, np.uint64)
+    rep_of_comp[comp[order][first]] = seg.ids[order][first]
+    rep = rep_of_comp[comp]
+    moved = rep != seg.ids
+    mapping = (seg.ids[moved], rep[moved])
+    return seg.relabel(mapping), edges.relabel(mapping), mapping[0], mapping[1]
+
+
+def compose(first: tuple[np.ndarray, np.ndarray], then: tuple[np.ndarray, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The rename ``then ∘ first`` as sorted (from, to) arrays."""
+    src = np.concatenate([first[0], then[0]])
+    dst = np.concatenate([apply_map(first[1], _sorted(then)), then[1]])
+    src, idx = np.unique(src, return_index=True)
+    return src, dst[idx]
+
+
+def _sorted(m: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(m[0], kind="stable")
+    return m[0][order], m[1][order]
+
+
+def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: list[Edges],
+              node_lo: np.ndarray, node_hi: np.ndarray, volume_faces: tuple[bool, ...],
+              params: Params) -> Resolution:
+    """A composite octree node: unite its children's residuals across its internal faces and
+    resolve what can now be decided.
+
+    ``links`` and ``face_edges`` name atomic-chunk ids; the children's aliases translate them
+    to the residual segments those pieces now belong to.
+    """
+    seg = Segments.concat([c.segments for c in children])
+    alias = _sorted((np.concatenate([c.alias_from for c in children] + [seg.ids]),
+                     np.concatenate([c.alias_to for c in children] + [seg.ids])))
+    edges = Edges.concat([c.edges for c in children]
+                         + [Edges(apply_map(e.a, alias), apply_map(e.b, alias), e.wmax, e.wsum,
+                                  e.count) for e in face_edges])
+    all_links = np.concatenate(links) if links else np.zeros((0, 2), np.uint64)
+    all_links = apply_map(all_links.astype(np.uint64).reshape(-1), alias).reshape(-1, 2)
+    seg, edges, lf, lt = apply_links(seg, edges, all_links)
+    res = resolve(seg, edges, frozen_mask(seg, node_lo, node_hi, volume_faces), params)
+    res.map_from, res.map_to = compose(_sorted((lf, lt)), _sorted((res.map_from, res.map_to)))
+    target = apply_map(alias[1], _sorted((res.map_from, res.map_to)))
+    live = np.isin(target, res.segments.ids)
+    res.alias_from, res.alias_to = alias[0][live], target[live]
+    return res
+
+
+def remap(labels: np.ndarray, chain: list[Resolution]) -> np.ndarray:
+    """Final ids of ``labels`` following renames and finals from the chunk's node to the root."""
+    uniq, inv = np.unique(labels, return_inverse=True)
+    cur = uniq.copy()
+    out = np.zeros(len(uniq), np.uint64)
+    done = uniq == 0
+    for res in chain:
+        cur = apply_map(cur, _sorted((res.map_from, res.map_to)))
+        ff, ft = _sorted((res.final_from, res.final_to))
+        if len(ff):
+            pos = np.clip(np.searchsorted(ff, cur), 0, len(ff) - 1)
+            hit = (ff[pos] == cur) & ~done
+            out[hit] = ft[pos[hit]]
+            done |= hit
+    if not done.all():
+        raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
+    return out[inv].reshape(labels.shape)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 from numba.typed import Dict, List
-from numba import types
 
 MODE_SINGLE_LINKAGE = 0
 MODE_MEAN = 1

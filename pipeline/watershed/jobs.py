@@ -11,15 +11,8 @@ import numpy as np
 
 from pipeline.geometry import Bbox, OctreeNode, Vec
 from pipeline.octree_jobs import Layout, MemoryStore, Store
-from pipeline.regiongraph import Edges, Resolution
-from pipeline.watershed.chunked import (
-    MARGIN,
-    WatershedParams,
-    node_step,
-    remap,
-    stitch_face,
-    watershed_chunk,
-)
+from pipeline.regiongraph import Edges, Resolution, node_step, remap
+from pipeline.watershed.chunked import MARGIN, WatershedParams, stitch_face, watershed_chunk
 
 
 def prepare_affinity(block: np.ndarray, block_start: Vec, run_start: Vec) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Octree mean-affinity agglomeration of supervoxels (abiss ``mean_aggl``)."""
