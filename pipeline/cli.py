@@ -56,13 +56,15 @@ def _logging(verbose: bool) -> None:
 @app.command()
 @friendly
 def run(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")],
-        dag: Annotated[str, typer.Option(help="which DAG to run")] = "ingest",
+        dag: Annotated[str | None, typer.Option(help="DAG to run (default: from the config)")]
+        = None,
         verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False) -> None:
     """Run a DAG on the embedded default: Airflow in this process, local workers."""
-    from pipeline.runner import run_embedded
+    from pipeline.runner import dag_for, run_embedded
 
     _logging(verbose)
-    report = run_embedded(load_config(config), dag, verbose)
+    cfg = load_config(config)
+    report = run_embedded(cfg, dag or dag_for(cfg), verbose)
     _print_report(report)
 
 
@@ -70,11 +72,10 @@ def run(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")
 @friendly
 def check(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")]) -> None:
     """Validate a run config against its data without writing anything."""
-    from pipeline.ingest import stage
+    from pipeline.runner import dag_for, preflight
 
     cfg = load_config(config)
-    if cfg.ingest is not None:
-        cfg = stage.sanity_check(cfg)
+    cfg = preflight(cfg, dag_for(cfg))
     console.print(f"[green]ok[/]: run {cfg.name}, bbox {list(cfg.bbox or [])}")
 
 

@@ -94,6 +94,49 @@ class IngestParams(_Strict):
         return v if "://" in v else os.path.abspath(os.path.expanduser(v))
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SegmentationParams(_Strict):
+    """Watershed + mean-affinity agglomeration (paper: AFF_PATH, WS_HIGH/LOW/SIZE, AGG_THRESHOLD)."""
+
+    affinity: str | None = Field(None, description="float32 3-channel affinity layer (x, y, z)")
+    boundary: str | None = Field(
+        None, description="float32 1-channel boundary probability layer, used as affinities "
+                          "aff[v, c] = 1 - max(p[v], p[v - e_c]) (for testing)")
+    ws_high: Fraction = Field(0.99, description="plateau threshold of the watershed")
+    ws_low: Fraction = Field(0.01, description="edges at or below it do not exist")
+    ws_size: int = Field(100, ge=0, description="single linkage merges segments below it")
+    ws_dust: int = Field(50, ge=0, description="final supervoxels below it become 0")
+    agg_threshold: Fraction = Field(0.5, description="merge while the best mean affinity > it")
+    size_limit: int = Field(0, ge=0, description="size constraint: 0 = off")
+    size_affinity: Fraction = Field(1.0, description="big pairs merge only at mean >= it")
+    semantic: str | None = Field(None, description="uint semantic label layer (optional)")
+    semantic_classes: int = Field(0, ge=0, le=64)
+    semantic_affinity: Fraction = Field(1.0, description="differing labels merge only above")
+    myelin: str | None = Field(None, description="float32 myelin probability layer (optional)")
+    myelin_threshold: Fraction = 0.5
+    ws_layer: str = "ws"
+    seg_layer: str = "seg"
+    mesh: bool = Field(True, description="igneous meshes of the segmentation")
+    downsample_mips: int = Field(1, ge=0, le=8)
+
+    @field_validator("affinity", "boundary", "semantic", "myelin")
+    @classmethod
+    def _layer_path(cls, v: str | None) -> str | None:
+        return None if v is None else to_cloudpath(v).rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SegmentationParams:
+        if (self.affinity is None) == (self.boundary is None):
+            raise ValueError("give exactly one of `affinity` (a layer) or `boundary`")
+        if self.ws_low > self.ws_high:
+            raise ValueError(f"ws_low ({self.ws_low}) must not exceed ws_high ({self.ws_high})")
+        if self.semantic is not None and self.semantic_classes == 0:
+            raise ValueError("a semantic layer needs semantic_classes > 0")
+        return self
+
+
 class RunConfig(_Strict):
     """One run of the pipeline. Paths are cloud paths (file://, gs://, s3://)."""
 
@@ -116,6 +159,7 @@ class RunConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     overwrite: bool = Field(False, description="allow writing into layers that hold data")
     ingest: IngestParams | None = None
+    segmentation: SegmentationParams | None = None
 
     @field_validator("name")
     @classmethod
@@ -186,8 +230,9 @@ class RunConfig(_Strict):
     def _cross_field(self) -> RunConfig:
         if self.queue is None and not self.output.startswith("file://"):
             raise ValueError("queue is required when output is not a file:// path")
-        if self.input is None and self.ingest is None:
-            raise ValueError("give `input` (an image layer) or an `ingest` section")
+        if self.input is None and self.ingest is None and self.segmentation is None:
+            raise ValueError("give `input` (an image layer), an `ingest` or a "
+                             "`segmentation` section")
         return self
 
     # --- derived paths -------------------------------------------------------------------

@@ -43,11 +43,22 @@ def rich_waves(console: Console | None = None):
         use_reporter(default_reporter)
 
 
+def sanity_checks() -> dict[str, Any]:
+    """Each DAG's sanity check (validation without side effects), by DAG id."""
+    from pipeline.ingest import stage as ingest
+    from pipeline.segmentation import stage as segmentation
+
+    return {"ingest": ingest.sanity_check, "segmentation": segmentation.sanity_check}
+
+
+def dag_for(config: RunConfig) -> str:
+    """The DAG a config asks for: the one named by its stage section."""
+    return "segmentation" if config.segmentation is not None else "ingest"
+
+
 def preflight(config: RunConfig, dag_id: str) -> RunConfig:
     """The DAG's sanity check without side effects, so user errors show before Airflow starts."""
-    from pipeline.ingest import stage
-
-    checks = {"ingest": stage.sanity_check}
+    checks = sanity_checks()
     if dag_id not in checks:
         raise ConfigError([("dag", f"unknown DAG {dag_id!r}; one of {sorted(checks)}")])
     return checks[dag_id](config)

@@ -37,11 +37,13 @@ def node_job(store: Store, layout: Layout, node: OctreeNode,
     store.put(f"agg/nodes/{node.tag}", res.arrays())
 
 
-def remap_job(store: Store, layout: Layout, coord: Vec, ws: np.ndarray) -> np.ndarray:
-    """The chunk's final segment ids from its supervoxel ids ``ws``."""
+def remap_job(store: Store, layout: Layout, coord: Vec, ws: np.ndarray,
+              strict: bool = True) -> np.ndarray:
+    """The chunk's final segment ids from its supervoxel ids ``ws`` (0 for ids the chunk's
+    octree chain does not know, unless ``strict``)."""
     chain = [Resolution.from_arrays(store.get(f"agg/nodes/{n.tag}"))
              for n in layout.chain(coord)]
-    return remap(ws, chain)
+    return remap(ws, chain, strict)
 
 
 def _low_padded(a: np.ndarray, run: Bbox, box: Bbox) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The `segmentation` stage: chunked watershed then octree agglomeration, with its I/O."""
