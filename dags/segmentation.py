@@ -10,6 +10,8 @@ DAG-run conf.
 
 from __future__ import annotations
 
+import itertools
+
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
@@ -118,7 +120,7 @@ def segmentation_dag():
     chain += [stage_task("tables", tables)(conf), stage_task("seg_pyramid", pyramid)(conf),
               stage_task("seg_meshes", meshes("meshes"))(conf),
               stage_task("seg_manifests", meshes("manifests"))(conf)]
-    for up, down in zip(chain, chain[1:], strict=False):
+    for up, down in itertools.pairwise(chain):
         up >> down
     last = chain[-1]
     down = scale_down(conf)

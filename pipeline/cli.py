@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="petarecon: petascale neural circuit reconstruction from EM.")
 console = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -144,6 +144,28 @@ def synth(output: Annotated[str, typer.Argument(help="output root (path or cloud
                              missing=missing, overwrite=overwrite)
     for name, (path, kind) in layers.items():
         console.print(f"{name:14s} {kind:13s} {path}")
+
+
+@app.command()
+@friendly
+def evaluate(seg: Annotated[str, typer.Argument(help="segmentation: layer path or .h5/.npy")],
+             gt: Annotated[str, typer.Argument(help="ground truth: layer path or .h5/.npy")],
+             json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False
+             ) -> None:
+    """Adapted Rand, VI split/merge, Rand and information F-scores, pixel F1 of SEG vs GT."""
+    from rich.table import Table
+
+    from pipeline.evaluate import evaluate_paths
+
+    scores = evaluate_paths(seg, gt)
+    if json_out:
+        print(json.dumps(scores, indent=2))
+        return
+    console.print(f"{seg} vs {gt}", highlight=False)
+    table = Table("metric", "value")
+    for k, v in scores.items():
+        table.add_row(k, f"{v:.6g}")
+    Console().print(table)
 
 
 @app.command()

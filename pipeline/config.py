@@ -98,7 +98,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class SegmentationParams(_Strict):
-    """Watershed + mean-affinity agglomeration (paper: AFF_PATH, WS_HIGH/LOW/SIZE, AGG_THRESHOLD)."""
+    """Watershed + mean-affinity agglomeration (the paper's AFF_PATH, WS_*, AGG_THRESHOLD)."""
 
     affinity: str | None = Field(None, description="float32 3-channel affinity layer (x, y, z)")
     boundary: str | None = Field(

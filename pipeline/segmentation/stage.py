@@ -106,6 +106,19 @@ def agglomeration_tasks(config: RunConfig, wave: str, level: int = 0) -> list:
     return create_agglomeration_tasks(config, wave, level)
 
 
+def wave_plan(config: RunConfig) -> list[tuple[str, Any]]:
+    """Every wave of the stage in DAG order, as (name, tasks-of-config function)."""
+    top = top_level(config)
+    plan: list[tuple[str, Any]] = []
+    for prefix, make in (("ws", watershed_tasks), ("agg", agglomeration_tasks)):
+        first = ["chunks", "faces"] if prefix == "ws" else ["chunks"]
+        plan += [(f"{prefix} level 0 {w}", lambda c, w=w, m=make: m(c, w, 0)) for w in first]
+        plan += [(f"{prefix} level {lvl} nodes", lambda c, lvl=lvl, m=make: m(c, "nodes", lvl))
+                 for lvl in range(1, top + 1)]
+        plan.append((f"{prefix} remap", lambda c, m=make: m(c, "remap")))
+    return plan
+
+
 def write_tables(config: RunConfig) -> dict[str, int]:
     """Reduce the per-chunk tables into the run's CSV tables; return their row counts."""
     st = io.store(config)

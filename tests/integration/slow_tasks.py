@@ -48,3 +48,15 @@ def sleeper(marks: str, name: str, delay: float) -> None:
     _mark(marks, "started", name)
     time.sleep(delay)
     _mark(marks, "done", name)
+
+
+@queueable
+def slow_call(module: str, name: str, delay: float, marks: str, args: list) -> None:
+    """Run queueable ``module.name(*args)`` after ``delay`` s, recording start and end."""
+    import importlib
+
+    tag = f"{name}_{abs(hash(str(args))) % 10**8}"
+    _mark(marks, "started", tag)
+    time.sleep(delay)
+    getattr(importlib.import_module(module), name)(*args)
+    _mark(marks, "done", tag)
