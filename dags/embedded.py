@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def run_dag(dag_id: str, conf: dict[str, Any], home: str | Path | None = None,
 
     Raise :class:`DagRunFailed` naming the failed task instances unless the run succeeded.
     """
-    with embedded_airflow(home, verbose):
+    with embedded_airflow(home, verbose), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx`")
         module = importlib.import_module(f"dags.{dag_id}")
         dagrun = module.dag.test(run_conf={"config": conf})
         state = str(dagrun.state)

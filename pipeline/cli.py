@@ -207,8 +207,8 @@ def _print_report(report: dict) -> None:
         console.print(f"  neuroglancer: {report['neuroglancer']}")
     elif report.get("view"):
         console.print(f"  view: {report['view']}")
-    if report.get("waves"):
-        console.print("  waves: " + json.dumps(report["waves"]))
+    if report.get("metrics"):
+        console.print("  vs ground truth: " + json.dumps(report["metrics"]))
 
 
 if __name__ == "__main__":

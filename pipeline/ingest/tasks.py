@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from functools import partial
 
 from taskqueue import queueable
@@ -57,5 +59,7 @@ def create_pyramid_tasks(layer: str, resolution: tuple[float, float, float], num
     factor = downsample_factor(resolution)
     chunk = pyramid_chunk_size(tuple(int(v) for v in vol.volume_size),
                                tuple(int(c) for c in vol.chunk_size), factor, num_mips)
-    return list(tc.create_downsampling_tasks(
-        layer, mip=0, num_mips=num_mips, factor=factor, fill_missing=True, chunk_size=chunk))
+    with contextlib.redirect_stdout(io.StringIO()):  # igneous prints bounds to stdout
+        return list(tc.create_downsampling_tasks(
+            layer, mip=0, num_mips=num_mips, factor=factor, fill_missing=True,
+            chunk_size=chunk))

@@ -118,7 +118,9 @@ def test_demo(tmp_path):
     proc = petarecon("demo", "--out", "data", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "petarecon view data" in proc.stderr
-    for layer in ("gala/image", "synthetic/image", "synthetic/gt", "synthetic/clefts"):
+    assert "run gala-seg done" in proc.stderr and "vs ground truth" in proc.stderr
+    for layer in ("gala/image", "gala/ws", "gala/seg", "synthetic/image", "synthetic/gt",
+                  "synthetic/clefts"):
         info = json.loads((tmp_path / "data" / layer / "info").read_text())
         assert info["scales"]
     assert len(json.loads((tmp_path / "data" / "gala/image/info").read_text())["scales"]) == 3
