@@ -137,6 +137,101 @@ class SegmentationParams(_Strict):
         return self
 
 
+class SynapseSection(_Strict):
+    """Synaptic clefts: threshold + connected components, partners, deduplication."""
+
+    cleft: str = Field(description="float32 1-channel cleft probability layer")
+    segmentation: str | None = Field(None, description="segmentation layer for partners")
+    image: str | None = Field(None, description="EM image layer for the geometric partner "
+                                                "rule (default: the run's input image)")
+    cc_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="cleft = probability > it")
+    connectivity: Literal[6, 18, 26] = 26
+    size_threshold: int = Field(40, ge=0, description="clefts below it (voxels) are dropped")
+    merge_distance_nm: float = Field(700.0, ge=0, description="dedup distance of centroids")
+    max_segment_size: int = Field(0, ge=0, description="drop clefts on bigger segments (0=off)")
+    partner_radius: tuple[int, int, int] = Field((3, 3, 1), description="dilation, voxels")
+    partner_model: str | None = Field(None, description="TorchScript assignment network")
+    assign: bool = Field(True, description="assign partners (needs segmentation)")
+    cleft_layer: str = "clefts"
+
+    @field_validator("cleft", "segmentation", "image", "partner_model")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return None if v is None else to_cloudpath(v).rstrip("/")
+
+    @field_validator("partner_radius")
+    @classmethod
+    def _radius(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(r < 0 for r in v):
+            raise ValueError(f"every entry must be >= 0, got {list(v)}")
+        return v
+
+
+class InferenceParams(_Strict):
+    """Chunked boundary detection: RSUNet affinities (and myelin) from the image layer.
+
+    Sizes are x, y, z voxels. Checkpoints carry their architecture; ``model`` gives it for
+    checkpoints that hold bare weights (when both are given, they must agree).
+    """
+
+    checkpoints: list[str] = Field(
+        min_length=1, description="checkpoint paths (local, file://, gs://, s3://); several "
+                                  "form an ensemble whose outputs are averaged")
+    input: str | None = Field(None, description="uint8 image layer (default: the run's image)")
+    output_layer: str = Field("aff", description="affinity layer name under `output`")
+    myelin: bool = Field(False, description="also write the net's myelin channel")
+    myelin_layer: str = Field("myelin", description="myelin probability layer name")
+    patch_size: PositiveVec = Field((128, 128, 16), description="net input patch, x, y, z")
+    overlap: tuple[int, int, int] = Field((32, 32, 4), description="patch overlap, x, y, z")
+    batch_size: int = Field(1, ge=1, le=1024, description="patches per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of the forward pass (fp16 needs cuda)")
+    input_mask: str | None = Field(None, description="layer whose nonzero voxels zero the input")
+    output_mask: str | None = Field(
+        None, description="layer whose nonzero voxels zero the output")
+    model: dict[str, Any] | None = Field(
+        None, description="architecture (pipeline.models.ModelSpec fields) for checkpoints "
+                          "that do not carry it")
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoint_paths(cls, v: list[str]) -> list[str]:
+        return [p if "://" in p else os.path.abspath(os.path.expanduser(p)) for p in v]
+
+    @field_validator("input", "input_mask", "output_mask")
+    @classmethod
+    def _layer_path(cls, v: str | None) -> str | None:
+        return None if v is None else to_cloudpath(v).rstrip("/")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: Vec) -> Vec:
+        if any(c <= 0 for c in v):
+            raise ValueError(f"every entry must be > 0, got {list(v)}")
+        return v
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap(cls, v: Vec, info: ValidationInfo) -> Vec:
+        if any(c < 0 for c in v):
+            raise ValueError(f"every entry must be >= 0, got {list(v)}")
+        patch = info.data.get("patch_size")
+        if patch:
+            bad = [f"{a}={o} >= patch {p}" for a, o, p in zip("xyz", v, patch, strict=True)
+                   if o >= p]
+            if bad:
+                raise ValueError("must be smaller than patch_size: " + "; ".join(bad))
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str, info: ValidationInfo) -> str:
+        if v == "fp16" and info.data.get("device") == "cpu":
+            raise ValueError("fp16 needs device cuda (or auto); use bf16 on cpu")
+        return v
+
+
 class RunConfig(_Strict):
     """One run of the pipeline. Paths are cloud paths (file://, gs://, s3://)."""
 
@@ -160,6 +255,8 @@ class RunConfig(_Strict):
     overwrite: bool = Field(False, description="allow writing into layers that hold data")
     ingest: IngestParams | None = None
     segmentation: SegmentationParams | None = None
+    inference: InferenceParams | None = None
+    synapses: SynapseSection | None = None
 
     @field_validator("name")
     @classmethod
@@ -230,9 +327,14 @@ class RunConfig(_Strict):
     def _cross_field(self) -> RunConfig:
         if self.queue is None and not self.output.startswith("file://"):
             raise ValueError("queue is required when output is not a file:// path")
-        if self.input is None and self.ingest is None and self.segmentation is None:
+        if self.input is None and self.ingest is None and self.segmentation is None \
+                and self.synapses is None and self.inference is None:
             raise ValueError("give `input` (an image layer), an `ingest` or a "
                              "`segmentation` section")
+        if self.inference is not None and self.input is None and self.ingest is None \
+                and self.inference.input is None:
+            raise ValueError("the inference stage needs an image layer: give `input`, "
+                             "`inference.input` or an `ingest` section")
         return self
 
     # --- derived paths -------------------------------------------------------------------

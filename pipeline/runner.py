@@ -47,13 +47,19 @@ def sanity_checks() -> dict[str, Any]:
     """Each DAG's sanity check (validation without side effects), by DAG id."""
     from pipeline.ingest import stage as ingest
     from pipeline.segmentation import stage as segmentation
+    from pipeline.synapses import stage as synapses
 
-    return {"ingest": ingest.sanity_check, "segmentation": segmentation.sanity_check}
+    return {"ingest": ingest.sanity_check, "segmentation": segmentation.sanity_check,
+            "synapses": synapses.sanity_check}
 
 
 def dag_for(config: RunConfig) -> str:
     """The DAG a config asks for: the one named by its stage section."""
-    return "segmentation" if config.segmentation is not None else "ingest"
+    if config.segmentation is not None:
+        return "segmentation"
+    if config.synapses is not None:
+        return "synapses"
+    return "ingest"
 
 
 def preflight(config: RunConfig, dag_id: str) -> RunConfig:

@@ -1,0 +1,1 @@
+"""Synapses: cleft map-reduce connected components, partner assignment, deduplication."""
