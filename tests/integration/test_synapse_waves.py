@@ -85,7 +85,7 @@ def test_queue_run_equals_in_memory_and_survives_kill_9(tmp_path, synthetic):
     ("cleft-dtype", "synapses.cleft", "expected 1-channel float32"),
 ])
 def test_bad_inputs(tmp_path, synthetic, case, field, words):
-    root, layers = synthetic
+    _, layers = synthetic
     c = conf(tmp_path, layers)
     s = c["synapses"]
     box = Bbox.from_shape((128, 128, 24))
