@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import fastremap
 import numpy as np
 
 from pipeline.geometry import OctreeNode, Vec
@@ -47,7 +48,7 @@ def map_job(store: Store, layout: Layout, coord: Vec, prob_padded: np.ndarray,
     out = {k: getattr(c, k) for k in ("labels", "ids", "size", "sums", "lo", "hi", "key",
                                       "boundary_pos", "boundary_id", "link_id", "link_pos")}
     if seg is not None:
-        out["seg_ids"], out["seg_counts"] = np.unique(seg, return_counts=True)
+        out["seg_ids"], out["seg_counts"] = fastremap.unique(seg, return_counts=True)
     store.put(f"syn/map/{_tag(coord)}", out)
 
 
@@ -82,15 +83,20 @@ def reduce_job(store: Store, layout: Layout, params: SynapseParams) -> dict[str,
     return {"components": len(cat["ids"]), "clefts": len(red["id"])}
 
 
-def cleft_labels(store: Store, coord: Vec, final: bool) -> np.ndarray:
-    """The chunk's cleft ids: after the reduce, or (``final``) after filtering and dedup."""
-    labels = store.get(f"syn/map/{_tag(coord)}")["labels"]
+def cleft_labels(store: Store, coord: Vec, final: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """The chunk's cleft ids: after the reduce, or (``final``) after filtering and dedup
+    (written into ``out`` when given)."""
+    m = store.get(f"syn/map/{_tag(coord)}")
     red = store.get("syn/reduce")
-    out = apply_map(labels, (red["from"], red["to"]))
+    lut = np.zeros(len(m["ids"]) + 1, np.uint64)
+    lut[1:] = apply_map(m["ids"], (red["from"], red["to"]))
     if final:
         fin = store.get("syn/final")
-        out = apply_map(out, (fin["from"], fin["to"]))
-    return out
+        lut[1:] = apply_map(lut[1:], (fin["from"], fin["to"]))
+    labels = np.ascontiguousarray(m["labels"])
+    out = np.empty(labels.shape, np.uint64) if out is None else out
+    return kernels.relabel(lut, labels, out)
 
 
 def assign_job(store: Store, layout: Layout, coord: Vec, clefts: np.ndarray,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cc3d
-import fastremap
 import numpy as np
+from numba import njit
 from scipy import ndimage
 
 CONNECTIVITY_OFFSETS = {
@@ -22,7 +22,7 @@ CONNECTIVITY_OFFSETS = {
 
 @dataclass
 class ChunkClefts:
-    """One chunk's thresholded components (ids ``offset + 1..n``) and what the reduce needs.
+    """One chunk's thresholded components and what the reduce needs.
 
     ``size``, ``sums`` (coordinate sums, exact int64), ``lo``/``hi`` (inclusive bbox), ``key``
     (smallest linear index) per component; ``boundary_pos``/``boundary_id``: linear index and
@@ -49,51 +49,92 @@ def linear_index(coords: np.ndarray, run_start: np.ndarray, run_shape: np.ndarra
     return rel[:, 0] + run_shape[0] * (rel[:, 1] + run_shape[1] * rel[:, 2])
 
 
+@njit(cache=True)
+def _chunk_stats(local, prob, threshold, origin, run_start, run_shape,
+                 offsets):  # pragma: no cover
+    """One pass over a labelled chunk: per-component stats, boundary voxels and links."""
+    X, Y, Z = local.shape
+    n = 0
+    for v in local.ravel():
+        n = max(n, v)
+    size = np.zeros(n, np.int64)
+    sums = np.zeros((n, 3), np.int64)
+    lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
+    key = np.full(n, np.iinfo(np.int64).max, np.int64)
+    cap = 2 * (X * Y + Y * Z + X * Z) + 8
+    b_pos = np.empty(cap, np.int64)
+    b_comp = np.empty(cap, np.int64)
+    l_comp = np.empty(cap * len(offsets), np.int64)
+    l_pos = np.empty(cap * len(offsets), np.int64)
+    nb = 0
+    nl = 0
+    for x in range(X):
+        for y in range(Y):
+            for z in range(Z):
+                c = np.int64(local[x, y, z]) - 1
+                if c < 0:
+                    continue
+                gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
+                lin = (gx - run_start[0]) + run_shape[0] * (
+                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2]))
+                size[c] += 1
+                sums[c, 0] += gx
+                sums[c, 1] += gy
+                sums[c, 2] += gz
+                if lin < key[c]:
+                    key[c] = lin
+                lo[c, 0] = min(lo[c, 0], gx)
+                lo[c, 1] = min(lo[c, 1], gy)
+                lo[c, 2] = min(lo[c, 2], gz)
+                hi[c, 0] = max(hi[c, 0], gx)
+                hi[c, 1] = max(hi[c, 1], gy)
+                hi[c, 2] = max(hi[c, 2], gz)
+                if 0 < x < X - 1 and 0 < y < Y - 1 and 0 < z < Z - 1:
+                    continue
+                b_pos[nb] = lin
+                b_comp[nb] = c
+                nb += 1
+                for k in range(offsets.shape[0]):
+                    ux, uy, uz = x + offsets[k, 0], y + offsets[k, 1], z + offsets[k, 2]
+                    if 0 <= ux < X and 0 <= uy < Y and 0 <= uz < Z:
+                        continue
+                    if not prob[ux + 1, uy + 1, uz + 1] > threshold:
+                        continue
+                    l_comp[nl] = c
+                    l_pos[nl] = lin + offsets[k, 0] + run_shape[0] * (
+                        offsets[k, 1] + run_shape[1] * offsets[k, 2])
+                    nl += 1
+    return size, sums, lo, hi, key, b_pos[:nb], b_comp[:nb], l_comp[:nl], l_pos[:nl]
+
+
 def label_chunk(prob_padded: np.ndarray, threshold: float, connectivity: int,
                 origin: np.ndarray, run_start: np.ndarray, run_shape: np.ndarray,
                 id_offset: int) -> ChunkClefts:
     """Threshold and label the chunk (``prob_padded`` is the chunk grown by one voxel, with
-    voxels outside the run 0); measure components and record continuations."""
-    fg = prob_padded > threshold
-    own = fg[1:-1, 1:-1, 1:-1]
-    local = cc3d.connected_components(own, connectivity=connectivity).astype(np.uint64)
-    local, _ = fastremap.renumber(local, preserve_zero=True)
-    n = int(local.max())
-    labels = np.where(local > 0, local + np.uint64(id_offset), np.uint64(0))
-    idx = np.nonzero(local)
-    coords = np.stack(idx, axis=1).astype(np.int64) + origin
-    comp = local[idx].astype(np.int64) - 1
-    size = np.bincount(comp, minlength=n).astype(np.int64)
-    sums = np.zeros((n, 3), np.int64)
-    lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
-    hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
-    for a in range(3):
-        np.add.at(sums[:, a], comp, coords[:, a])
-        np.minimum.at(lo[:, a], comp, coords[:, a])
-        np.maximum.at(hi[:, a], comp, coords[:, a])
-    key = np.full(n, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(key, comp, linear_index(coords, run_start, run_shape))
-    # boundary voxels of the chunk, and their foreground neighbours outside it
-    shape = np.array(own.shape)
-    rel = coords - origin
-    on_face = ((rel == 0) | (rel == shape - 1)).any(axis=1)
-    b_coords, b_comp = coords[on_face], comp[on_face]
-    link_id, link_pos = [], []
-    for off in CONNECTIVITY_OFFSETS[connectivity]:
-        d = np.array(off) - 1
-        nb = b_coords + d
-        nrel = nb - origin
-        outside = ((nrel < 0) | (nrel >= shape)).any(axis=1)
-        pidx = nrel[outside] + 1
-        hit = fg[pidx[:, 0], pidx[:, 1], pidx[:, 2]]
-        link_id.append(b_comp[outside][hit])
-        link_pos.append(linear_index(nb[outside][hit], run_start, run_shape))
-    ids = np.arange(1, n + 1, dtype=np.uint64) + np.uint64(id_offset)
-    link_c = np.concatenate(link_id) if link_id else np.zeros(0, np.int64)
-    return ChunkClefts(labels, ids, size, sums, lo, hi, key.astype(np.uint64),
-                       linear_index(b_coords, run_start, run_shape), ids[b_comp],
-                       ids[link_c], np.concatenate(link_pos) if link_pos else
-                       np.zeros(0, np.int64))
+    voxels outside the run 0); measure components and record continuations.
+
+    ``labels`` are the dense local labels (1..n, the smallest unsigned dtype); the chunk's ids are
+    ``id_offset + 1..n``.
+    """
+    own = prob_padded[1:-1, 1:-1, 1:-1] > threshold  # a new, contiguous array
+    local = cc3d.connected_components(own, connectivity=connectivity)  # smallest dtype
+    offsets = np.array(CONNECTIVITY_OFFSETS[connectivity], np.int64) - 1
+    size, sums, lo, hi, key, b_pos, b_comp, l_comp, l_pos = _chunk_stats(
+        local, prob_padded, prob_padded.dtype.type(threshold), origin.astype(np.int64),
+        run_start.astype(np.int64), run_shape.astype(np.int64), offsets)
+    ids = np.arange(1, len(size) + 1, dtype=np.uint64) + np.uint64(id_offset)
+    return ChunkClefts(local, ids, size, sums, lo, hi, key.astype(np.uint64), b_pos,
+                       ids[b_comp], ids[l_comp], l_pos)
+
+
+@njit(cache=True)
+def relabel(lut, labels, out):  # pragma: no cover - compiled
+    """``out[i] = lut[labels[i]]`` for every voxel (no temporaries; both C-contiguous)."""
+    flat, dst = labels.ravel(), out.ravel()
+    for i in range(flat.size):
+        dst[i] = lut[flat[i]]
+    return out
 
 
 def stitch(ids: np.ndarray, boundary_pos: np.ndarray, boundary_id: np.ndarray,
