@@ -117,13 +117,18 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
+def local_state_dir(config: RunConfig) -> Path:
+    """Where a LocalCluster keeps its pid files: the run's scratch if local, else a cache."""
+    scratch = local_path(config.scratch_path)
+    if scratch is not None:
+        return Path(scratch) / "cluster"
+    return Path(os.path.expanduser("~/.cache/petarecon/clusters")) / config.name
+
+
 def cluster_for(config: RunConfig, pool: str = "cpu") -> Cluster:
     """The worker pool a run's config asks for."""
     if config.cluster.backend == "local":
-        scratch = local_path(config.scratch_path)
-        if scratch is None:
-            raise ValueError("the local cluster needs a file:// scratch path to keep its state")
-        return LocalCluster(Path(scratch) / "cluster", config.queue_url, config.dead_letter_path,
+        return LocalCluster(local_state_dir(config), config.queue_url, config.dead_letter_path,
                             pool=pool, max_workers=config.cluster.max_workers.get(pool),
                             lease_seconds=config.lease_seconds,
                             max_attempts=config.max_attempts)

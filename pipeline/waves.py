@@ -21,7 +21,10 @@ log = logging.getLogger("petarecon.waves")
 def start_run(config: RunConfig) -> None:
     """Clear the run's queue and dead letters so that an earlier run's leftovers don't count."""
     DeadLetters(config.dead_letter_path).clear()
-    open_queue(config.queue_url).purge()
+    try:
+        open_queue(config.queue_url).purge()
+    except Exception as e:  # SQS allows one purge a minute; an empty queue needs none
+        log.warning("could not purge %s (%s); continuing", config.queue_url, e)
 
 
 def scale(config: RunConfig, pool: str = "cpu", n: int | None = None) -> int:
