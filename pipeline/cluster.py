@@ -132,4 +132,8 @@ def cluster_for(config: RunConfig, pool: str = "cpu") -> Cluster:
                             pool=pool, max_workers=config.cluster.max_workers.get(pool),
                             lease_seconds=config.lease_seconds,
                             max_attempts=config.max_attempts)
-    raise NotImplementedError("cluster backend 'kubernetes' is not available yet (issue 7)")
+    from pipeline.cluster_k8s import KubernetesCluster
+
+    c = config.cluster
+    return KubernetesCluster(c.namespace, pool, prefix=c.deployment_prefix,
+                             max_workers=c.max_workers.get(pool), kubeconfig=c.kubeconfig)

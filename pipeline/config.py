@@ -72,7 +72,11 @@ class ClusterConfig(_Strict):
     max_workers: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="per-pool cap on workers, e.g. {'cpu': 64}")
     namespace: str = "petarecon"
-    kubeconfig: str | None = None
+    kubeconfig: str | None = Field(None, description="default: in-cluster, then ~/.kube/config")
+    deployment_prefix: str = Field("petarecon-worker", description="pool P is Deployment "
+                                                                   "{prefix}-{P}")
+    secret: str | None = Field(None, description="Secret with queue/storage credentials that "
+                                                 "workers mount; checked before scaling")
 
     def size_for(self, pool: str) -> int:
         """Workers to run for ``pool``: ``workers`` capped by that pool's ``max_workers``."""

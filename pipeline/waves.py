@@ -19,7 +19,12 @@ log = logging.getLogger("petarecon.waves")
 
 
 def start_run(config: RunConfig) -> None:
-    """Clear the run's queue and dead letters so that an earlier run's leftovers don't count."""
+    """Check the cluster can be used (Kubernetes: API server, Deployments, Secret), then clear
+    the run's queue and dead letters so that an earlier run's leftovers don't count."""
+    if config.cluster.backend == "kubernetes":
+        from pipeline.cluster_k8s import check
+
+        check(config, secret=config.cluster.secret)
     DeadLetters(config.dead_letter_path).clear()
     try:
         open_queue(config.queue_url).purge()
