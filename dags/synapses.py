@@ -7,42 +7,22 @@ from __future__ import annotations
 
 import itertools
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
-from dags.common import DEFAULT_ARGS, PARAMS, config_of
-
-
-def _wave(conf: dict, wave: str) -> dict:
-    from pipeline import waves
-    from pipeline.synapses import stage
-
-    config = config_of(conf)
-    return waves.run_wave(config, f"synapses {wave}", stage.tasks(config, wave))
+from dags.common import DEFAULT_ARGS, PARAMS, close, config_of, run_wave, stage_tasks
 
 
 @dag(dag_id="synapses", schedule=None, catchup=False, params=PARAMS, default_args=DEFAULT_ARGS,
      tags=["petarecon"], doc_md=__doc__, max_active_tasks=1)
 def synapses_dag():
-    @task
-    def sanity_check() -> dict:
-        from pipeline import waves
-        from pipeline.synapses import stage
-
-        config = stage.sanity_check(config_of(get_current_context()))
-        waves.start_run(config)
-        stage.prepare(config)
-        return config.to_dict()
-
-    @task
-    def scale_up(conf: dict) -> int:
-        from pipeline import waves
-
-        return waves.scale(config_of(conf))
+    sanity_check, scale_up, scale_down, report = stage_tasks("synapses")
 
     def wave_task(wave: str):
         @task(task_id=wave)
         def run(conf: dict) -> dict:
-            return _wave(conf, wave)
+            from pipeline.synapses import stage
+
+            return run_wave(conf, f"synapses {wave}", lambda c: stage.tasks(c, wave))
         return run
 
     @task
@@ -51,30 +31,13 @@ def synapses_dag():
 
         return stage.dedup(config_of(conf))
 
-    @task(trigger_rule="all_done")
-    def scale_down(conf: dict) -> int:
-        from pipeline import waves
-
-        return waves.scale(config_of(conf), n=0)
-
-    @task
-    def report(conf: dict) -> dict:
-        from pipeline import report as report_
-        from pipeline.synapses import stage
-
-        config = config_of(conf)
-        stage.finish(config)
-        return report_.write_report(config, stage.layers(config))
-
     conf = sanity_check()
     chain = [scale_up(conf), wave_task("map")(conf), wave_task("reduce")(conf),
              wave_task("remap")(conf), wave_task("assign")(conf), dedup(conf),
              wave_task("relabel")(conf)]
     for up, down in itertools.pairwise(chain):
         up >> down
-    down = scale_down(conf)
-    chain[-1] >> down
-    [chain[-1], down] >> report(conf)
+    close(conf, chain[-1], scale_down, report)
 
 
 dag = synapses_dag()

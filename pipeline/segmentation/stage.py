@@ -184,8 +184,14 @@ def pyramid_tasks(config: RunConfig) -> list:
                                       .resolution), s.downsample_mips)
 
 
-def finish(config: RunConfig, layer: str) -> None:
+def finish_layer(config: RunConfig, layer: str) -> None:
+    """Mark one output layer complete (after its remap wave)."""
     storage.set_status(config.layer_path(layer), "complete")
+
+
+def finish(config: RunConfig) -> dict[str, tuple[str, str]]:
+    """The run's layers for the report (each was marked complete by its remap)."""
+    return layers(config)
 
 
 def layers(config: RunConfig) -> dict[str, tuple[str, str]]:

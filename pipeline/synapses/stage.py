@@ -131,8 +131,10 @@ def write_tables(config: RunConfig, table: dict[str, np.ndarray]) -> None:
     cf.put_json("synapses.ngstate.json", state)
 
 
-def finish(config: RunConfig) -> None:
+def finish(config: RunConfig) -> dict[str, tuple[str, str]]:
+    """Mark the cleft layer complete; return the run's layers for the report."""
     storage.set_status(config.layer_path(config.synapses.cleft_layer), "complete")
+    return layers(config)
 
 
 def layers(config: RunConfig) -> dict[str, tuple[str, str]]:
