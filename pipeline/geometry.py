@@ -15,7 +15,6 @@ from functools import cached_property
 Vec = tuple[int, int, int]
 """An integer x, y, z triple."""
 
-AXES = "xyz"
 FACES: tuple[tuple[int, int], ...] = tuple((a, s) for a in range(3) for s in (0, 1))
 """The six faces of a box as (axis, side): side 0 is the low face, side 1 the high face."""
 
@@ -86,11 +85,6 @@ class Bbox:
         m = vec(margin) if isinstance(margin, Sequence) else (margin,) * 3
         return Bbox(tuple(a - d for a, d in zip(self.start, m, strict=True)),
                     tuple(b + d for b, d in zip(self.stop, m, strict=True)))
-
-    def translate(self, offset: Sequence[int]) -> Bbox:
-        off = vec(offset)
-        return Bbox(tuple(a + o for a, o in zip(self.start, off, strict=True)),
-                    tuple(b + o for b, o in zip(self.stop, off, strict=True)))
 
     def slices(self, relative_to: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice]:
         """Numpy slices selecting this box inside an array whose origin is ``relative_to``."""

@@ -90,10 +90,3 @@ class Layout:
     def chain(self, coord: Vec) -> list[OctreeNode]:
         """The atomic chunk's node and its ancestors up to the root."""
         return self.octree.ancestors(OctreeNode(0, coord))
-
-    def to_dict(self) -> dict:
-        return {"bbox": self.bbox.to_list(), "chunk_size": list(self.chunk_size)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Layout:
-        return cls(Bbox.from_list(d["bbox"]), tuple(d["chunk_size"]))

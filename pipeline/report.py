@@ -26,7 +26,8 @@ def write_report(config: RunConfig, layers: dict[str, tuple[str, str]],
     ``layers`` maps a layer name to (cloud path, kind). Cloud layers get a public Neuroglancer
     URL; file:// layers get the `petarecon view` command that serves them.
     """
-    from pipeline.viewer import LayerRef, public_url
+    from pipeline.storage import neuroglancer_url
+    from pipeline.viewer import LayerRef
 
     refs = [LayerRef(name, path, kind) for name, (path, kind) in layers.items()]
     local = [r for r in refs if r.cloudpath.startswith("file://")]
@@ -34,7 +35,7 @@ def write_report(config: RunConfig, layers: dict[str, tuple[str, str]],
         "run": config.name,
         "output": config.output,
         "layers": {r.name: {"path": r.cloudpath, "kind": r.kind} for r in refs},
-        "neuroglancer": None if local else public_url(refs),
+        "neuroglancer": None if local else neuroglancer_url(layers),
         "view": view_hint(config) if local else None,
         "config": config.to_dict(),
         **(extra or {}),

@@ -147,11 +147,6 @@ def write(path: str | CloudVolume, bbox: Bbox, data: np.ndarray, mip: int = 0) -
         bbox.start[2]:bbox.stop[2]] = data.astype(vol.dtype, copy=False)
 
 
-def put_table(cloudpath: str, name: str, obj: dict | list) -> None:
-    """Write a JSON table ``name`` under ``cloudpath``."""
-    CloudFiles(cloudpath).put(name, json.dumps(obj).encode(), content_type="application/json")
-
-
 def neuroglancer_url(layers: dict[str, tuple[str, str]]) -> str:
     """A Neuroglancer URL showing ``{name: (cloudpath, kind)}``.
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import boto3
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from cloudfiles import CloudFiles
 
-from pipeline import storage, waves
+from pipeline import report, storage, waves
 from pipeline.geometry import Bbox
 from pipeline.ingest import stage as ingest
 from pipeline.segmentation import stage as segmentation
@@ -103,8 +104,12 @@ def test_ingest_on_s3_and_sqs_equals_local(aws, tmp_path):
         config = ingest.sanity_check({**base, **extra})
         ingest.prepare(config)
         run_waves(config, [("ingest", ingest.ingest_tasks), ("pyramid", ingest.pyramid_tasks)])
-        ingest.finish(config)
+        rep = report.write_report(config, ingest.finish(config))
         outputs[where] = config.image_path
+        if where == "s3":  # annotators get a public-viewer URL for cloud layers
+            url = urllib.parse.unquote(rep["neuroglancer"])
+            assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
+            assert f"precomputed://s3://{bucket}/run/image" in url
     s3_img = storage.read(outputs["s3"], Bbox.from_shape((96, 80, 16)))[..., 0]
     assert np.array_equal(s3_img, zyx.transpose(2, 1, 0))
     a, b = chunk_bytes(outputs["s3"]), chunk_bytes(outputs["file"])
