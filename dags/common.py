@@ -24,21 +24,26 @@ def config_of(context_or_conf: dict[str, Any]) -> RunConfig:
     return load_config(conf)
 
 
-def run_wave(conf: dict, name: str, tasks_of: Callable[[RunConfig], list]) -> dict:
+def run_wave(conf: dict, name: str, tasks_of: Callable[[RunConfig], list],
+             pool: str = "cpu") -> dict:
     """Enqueue ``tasks_of(config)`` as wave ``name`` and wait for it (with progress logs)."""
     from pipeline import waves
 
     config = config_of(conf)
-    return waves.run_wave(config, name, tasks_of(config))
+    return waves.run_wave(config, name, tasks_of(config), pool=pool)
 
 
-def stage_tasks(stage: str, pool: str = "cpu"):
+def stage_tasks(stage: str, pool: str | Callable[[RunConfig], str] = "cpu"):
     """(sanity_check, scale_up, scale_down, report) for ``pipeline.<stage>.stage``, whose
     module provides ``sanity_check(conf)``, ``prepare(config)`` and ``finish(config)`` (marks
-    the outputs complete and returns {name: (path, kind)})."""
+    the outputs complete and returns {name: (path, kind)}). ``pool`` names the worker pool,
+    or picks it from the run's config."""
 
     def module():
         return importlib.import_module(f"pipeline.{stage}.stage")
+
+    def pool_of(config: RunConfig) -> str:
+        return pool(config) if callable(pool) else pool
 
     @task
     def sanity_check() -> dict:
@@ -53,13 +58,15 @@ def stage_tasks(stage: str, pool: str = "cpu"):
     def scale_up(conf: dict) -> int:
         from pipeline import waves
 
-        return waves.scale(config_of(conf), pool)
+        config = config_of(conf)
+        return waves.scale(config, pool_of(config))
 
     @task(trigger_rule="all_done")
     def scale_down(conf: dict) -> int:
         from pipeline import waves
 
-        return waves.scale(config_of(conf), pool, n=0)
+        config = config_of(conf)
+        return waves.scale(config, pool_of(config), n=0)
 
     @task
     def report(conf: dict) -> dict:

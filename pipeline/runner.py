@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from typing import Any
 
@@ -43,14 +44,16 @@ def rich_waves(console: Console | None = None):
         use_reporter(default_reporter)
 
 
-def sanity_checks() -> dict[str, Any]:
-    """Each DAG's sanity check (validation without side effects), by DAG id."""
-    from pipeline.ingest import stage as ingest
-    from pipeline.segmentation import stage as segmentation
-    from pipeline.synapses import stage as synapses
+STAGES = {"ingest": "pipeline.ingest.stage", "segmentation": "pipeline.segmentation.stage",
+          "synapses": "pipeline.synapses.stage", "inference": "pipeline.inference.stage"}
+"""The stage module behind each DAG id (imported only when that DAG runs: torch is heavy)."""
 
-    return {"ingest": ingest.sanity_check, "segmentation": segmentation.sanity_check,
-            "synapses": synapses.sanity_check}
+
+def sanity_check_for(dag_id: str):
+    """The sanity check (validation without side effects) of DAG ``dag_id``."""
+    if dag_id not in STAGES:
+        raise ConfigError([("dag", f"unknown DAG {dag_id!r}; one of {sorted(STAGES)}")])
+    return importlib.import_module(STAGES[dag_id]).sanity_check
 
 
 def dag_for(config: RunConfig) -> str:
@@ -59,15 +62,14 @@ def dag_for(config: RunConfig) -> str:
         return "segmentation"
     if config.synapses is not None:
         return "synapses"
+    if config.inference is not None:
+        return "inference"
     return "ingest"
 
 
 def preflight(config: RunConfig, dag_id: str) -> RunConfig:
     """The DAG's sanity check without side effects, so user errors show before Airflow starts."""
-    checks = sanity_checks()
-    if dag_id not in checks:
-        raise ConfigError([("dag", f"unknown DAG {dag_id!r}; one of {sorted(checks)}")])
-    return checks[dag_id](config)
+    return sanity_check_for(dag_id)(config)
 
 
 def run_embedded(config: RunConfig, dag_id: str, verbose: bool = False) -> dict[str, Any]:

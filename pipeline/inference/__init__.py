@@ -1,0 +1,1 @@
+"""The inference stage: chunked, seam-free RSUNet affinities (kernels, tasks, stage)."""

@@ -1,0 +1,1 @@
+"""Boundary detection models: the RSUNet, its checkpoints, augmentations and training."""
