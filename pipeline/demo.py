@@ -6,6 +6,8 @@ Through Airflow in-process, an fq:// queue and local worker processes, it
 2. segments it (`segmentation` DAG: chunked watershed + octree agglomeration, pyramid,
    meshes) from the boundary map shipped with the data, and scores it against the gala
    ground truth;
+   then predicts its affinities with the shipped RSUNet demo model (`inference` DAG) and
+   segments and scores those too;
 3. ingests a synthetic EM volume with misalignment, a fold and a missing section, beside its
    exact ground truth (cells, clefts, synapse partners);
 4. finds its synapses (`synapses` DAG: cleft map-reduce, partners, dedup) and checks the
@@ -68,6 +70,38 @@ def segment_gala(out: Path, common: dict[str, Any], verbose: bool) -> dict[str, 
     return report
 
 
+DEMO_MODEL = REPO / "pipeline" / "models" / "demo" / "rsunet_gala.pt"
+
+
+def predict_and_segment_gala(out: Path, common: dict[str, Any],
+                             verbose: bool) -> list[dict[str, Any]]:
+    """Affinities of the gala image from the shipped demo model (`inference` DAG), then the
+    `segmentation` DAG on them, scored against the gala ground truth."""
+    from pipeline.evaluate import evaluate_paths
+
+    infer = load_config({
+        **common, "name": "gala-inference", "output": str(out / "gala"),
+        "input": f"file://{out}/gala/image", "chunk_size": [128, 128, 32],
+        "inference": {"checkpoints": [str(DEMO_MODEL)], "patch_size": [48, 48, 16],
+                      "overlap": [8, 8, 4], "batch_size": 4},
+    })
+    reports = [run_embedded(infer, "inference", verbose)]
+    seg = load_config({
+        **common, "name": "gala-seg-rsunet", "output": str(out / "gala"),
+        "chunk_size": [64, 64, 32],
+        "segmentation": {"affinity": f"file://{out}/gala/aff", "ws_high": 0.99, "ws_low": 0.1,
+                         "ws_size": 200, "ws_dust": 50, "agg_threshold": 0.7,
+                         "ws_layer": "ws_rsunet", "seg_layer": "seg_rsunet"},
+    })
+    report = run_embedded(seg, "segmentation", verbose)
+    scores = evaluate_paths(f"file://{out}/gala/seg_rsunet",
+                            str(gala_dir() / "train-gt.lzf.h5"))
+    report["metrics"] = {k: round(scores[k], 4)
+                         for k in ("adapted_rand_error", "vi_split", "vi_merge")}
+    reports.append(report)
+    return reports
+
+
 def run_demo(out: Path, workers: int = 2, synth_shape: tuple[int, int, int] = SYNTH_SHAPE,
              verbose: bool = False) -> list[dict[str, Any]]:
     """Ingest gala and a synthetic volume under ``out``; return the two run reports."""
@@ -83,6 +117,7 @@ def run_demo(out: Path, workers: int = 2, synth_shape: tuple[int, int, int] = SY
     })
     reports = [run_embedded(gala, "ingest", verbose)]
     reports.append(segment_gala(out, common, verbose))
+    reports += predict_and_segment_gala(out, common, verbose)
 
     synth_dir = out / "synthetic"
     synth_dir.mkdir(parents=True, exist_ok=True)
