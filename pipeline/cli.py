@@ -148,6 +148,22 @@ def synth(output: Annotated[str, typer.Argument(help="output root (path or cloud
 
 @app.command()
 @friendly
+def train(config: Annotated[Path, typer.Argument(help="training config (YAML or JSON)")],
+          resume: Annotated[bool, typer.Option(help="continue from out_dir's checkpoint")]
+          = False) -> None:
+    """Train the RSUNet boundary detector (see pipeline/models/demo/train_gala.yaml)."""
+    from pipeline.models.train import load_train_config
+    from pipeline.models.train import train as run_training
+
+    cfg = load_train_config(config)
+    if resume:
+        cfg = cfg.model_copy(update={"resume": True})
+    summary = run_training(cfg)
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+@friendly
 def evaluate(seg: Annotated[str, typer.Argument(help="segmentation: layer path or .h5/.npy")],
              gt: Annotated[str, typer.Argument(help="ground truth: layer path or .h5/.npy")],
              json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False
