@@ -236,6 +236,81 @@ class InferenceParams(_Strict):
         return v
 
 
+class AlignmentParams(_Strict):
+    """Alignment and defect masks (paper Methods "Image alignment"; corgie/SEAMLeSS style).
+
+    Sizes are pixels at ``field_mip`` unless said otherwise. Outputs go under ``output``:
+    ``field_layer`` (float32 x, y displacements in pixels at ``field_mip``, a pull map),
+    ``aligned_layer`` (uint8, at ``render_mip``), ``input_mask_layer`` /
+    ``output_mask_layer`` (uint8, 1 = masked, at ``render_mip``: pass their paths to
+    ``inference.input_mask`` / ``inference.output_mask``), ``defects_layer`` (uint8 defect
+    codes of the raw image at ``field_mip``) and ``misalignment_layer`` (float32 px).
+    """
+
+    image: str | None = Field(None, description="uint8 image layer (default: `input`)")
+    field: str | None = Field(
+        None, description="an existing 2-channel float32 field layer at `field_mip` to render "
+                          "with, instead of computing fields (e.g. from a learned model)")
+    field_mip: int = Field(0, ge=0, le=12, description="mip at which fields are computed")
+    render_mip: int = Field(0, ge=0, le=12, description="mip of the aligned image and masks")
+    neighbours: int = Field(3, ge=1, le=5, description="K: candidate fields per section, "
+                                                      "one per aligned neighbour, voted")
+    overlap: int = Field(2, ge=1, le=64, description="sections shared by neighbouring blocks")
+    block_size: int = Field(16, ge=1, le=4096, description="sections per block (blocks are "
+                                                           "aligned in parallel)")
+    tile_size: int = Field(32, ge=8, le=1024, description="NCC tile size (even)")
+    search_radius: int = Field(8, ge=1, le=256, description="NCC search radius per level")
+    levels: int = Field(3, ge=1, le=8, description="pyramid levels of block matching")
+    smooth: float = Field(32.0, ge=0, description="scale (px) of the local linear "
+                                                  "regularization of tile displacements")
+    refine_iterations: int = Field(40, ge=0, le=10_000, description="gradient steps")
+    refine_lr: float = Field(0.5, gt=0, le=2, description="refinement step, as a fraction of "
+                                                      "the Gauss-Newton step")
+    smoothness: float = Field(4.0, ge=0, description="weight of the smoothness penalty")
+    fold_relax: Fraction = Field(0.01, description="smoothness factor at folds and cracks")
+    margin: int | None = Field(None, ge=0, description="xy context of field tasks (px at "
+                                                       "field_mip); default from the search")
+    misalign_threshold: float = Field(2.0, gt=0, description="px at render_mip above which "
+                                                             "neighbours are misaligned")
+    composite_partial: bool = Field(False, description="composite runs of partial sections "
+                                                       "(largest to smallest, first non-zero)")
+    downsample_mips: int = Field(1, ge=0, le=8, description="pyramid of the aligned image")
+    field_layer: str = "field"
+    aligned_layer: str = "aligned"
+    input_mask_layer: str = "input_mask"
+    output_mask_layer: str = "output_mask"
+    defects_layer: str = "defects"
+    misalignment_layer: str = "misalignment"
+
+    @field_validator("image", "field")
+    @classmethod
+    def _layer_path(cls, v: str | None) -> str | None:
+        return None if v is None else to_cloudpath(v).rstrip("/")
+
+    @field_validator("block_size")
+    @classmethod
+    def _block(cls, v: int, info: ValidationInfo) -> int:
+        overlap = info.data.get("overlap")
+        if overlap is not None and v < overlap:
+            raise ValueError(f"block_size ({v}) is smaller than the stitch overlap ({overlap})")
+        return v
+
+    @field_validator("tile_size")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even, got {v}")
+        return v
+
+    @field_validator("render_mip")
+    @classmethod
+    def _render(cls, v: int, info: ValidationInfo) -> int:
+        fm = info.data.get("field_mip")
+        if fm is not None and v > fm:
+            raise ValueError(f"render_mip ({v}) must not be coarser than field_mip ({fm})")
+        return v
+
+
 class RunConfig(_Strict):
     """One run of the pipeline. Paths are cloud paths (file://, gs://, s3://)."""
 
@@ -261,6 +336,7 @@ class RunConfig(_Strict):
     segmentation: SegmentationParams | None = None
     inference: InferenceParams | None = None
     synapses: SynapseSection | None = None
+    alignment: AlignmentParams | None = None
 
     @field_validator("name")
     @classmethod
@@ -332,7 +408,8 @@ class RunConfig(_Strict):
         if self.queue is None and not self.output.startswith("file://"):
             raise ValueError("queue is required when output is not a file:// path")
         if self.input is None and self.ingest is None and self.segmentation is None \
-                and self.synapses is None and self.inference is None:
+                and self.synapses is None and self.inference is None \
+                and self.alignment is None:
             raise ValueError("give `input` (an image layer), an `ingest` or a "
                              "`segmentation` section")
         if self.inference is not None and self.input is None and self.ingest is None \

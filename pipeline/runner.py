@@ -45,7 +45,8 @@ def rich_waves(console: Console | None = None):
 
 
 STAGES = {"ingest": "pipeline.ingest.stage", "segmentation": "pipeline.segmentation.stage",
-          "synapses": "pipeline.synapses.stage", "inference": "pipeline.inference.stage"}
+          "synapses": "pipeline.synapses.stage", "inference": "pipeline.inference.stage",
+          "alignment": "pipeline.align.stage"}
 """The stage module behind each DAG id (imported only when that DAG runs: torch is heavy)."""
 
 
@@ -62,6 +63,8 @@ def dag_for(config: RunConfig) -> str:
         return "segmentation"
     if config.synapses is not None:
         return "synapses"
+    if config.alignment is not None:
+        return "alignment"
     if config.inference is not None:
         return "inference"
     return "ingest"
