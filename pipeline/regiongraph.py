@@ -13,7 +13,8 @@ faces may still change through their neighbours outside, so any edge reaching th
 and its other endpoint *tainted* (it is frozen from then on). Everything untainted is decided
 exactly as a global run decides it: the heap order is (value, keys), a function of content
 only, and a frozen segment can only affect its neighbours through deferred edges. The root has
-no frozen segments, so it resolves the rest.
+no frozen segments, so it resolves the rest. (Single linkage with nothing frozen takes an
+equivalent union-find path: :func:`pipeline.watershed.chunked.single_linkage_dense`.)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from pipeline.regiongraph_kernel import MODE_MEAN, MODE_SINGLE_LINKAGE, resolve_dense
 
@@ -68,11 +70,11 @@ class Segments:
                   np.full((n, 3), np.iinfo(np.int64).min, np.int64), np.zeros((n, k), np.int64))
         np.add.at(out.size, inv, np.concatenate([p.size for p in parts]))
         np.minimum.at(out.key, inv, np.concatenate([p.key for p in parts]))
-        np.minimum.at(out.lo, inv, np.concatenate([p.lo for p in parts]))
-        np.maximum.at(out.hi, inv, np.concatenate([p.hi for p in parts]))
+        _columns_at(np.minimum, out.lo, inv, np.concatenate([p.lo for p in parts]))
+        _columns_at(np.maximum, out.hi, inv, np.concatenate([p.hi for p in parts]))
         if k:
             hists = [np.pad(p.hist, ((0, 0), (0, k - p.hist.shape[1]))) for p in parts]
-            np.add.at(out.hist, inv, np.concatenate(hists))
+            _columns_at(np.add, out.hist, inv, np.concatenate(hists))
         return out
 
     def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Segments:
@@ -112,14 +114,12 @@ class Edges:
         b = np.concatenate([p.b for p in parts])
         lo, hi = np.minimum(a, b), np.maximum(a, b)
         keep = lo != hi
-        pairs = np.stack([lo[keep], hi[keep]], axis=1)
-        if not len(pairs):
+        if not keep.any():
             return cls()
-        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        n = len(uniq)
-        out = cls(uniq[:, 0].copy(), uniq[:, 1].copy(), np.full(n, -np.inf, np.float32),
-                  np.zeros(n, np.int64), np.zeros(n, np.int64))
+        ua, ub, inv = _unique_rows(lo[keep], hi[keep])
+        n = len(ua)
+        out = cls(ua, ub, np.full(n, -np.inf, np.float32), np.zeros(n, np.int64),
+                  np.zeros(n, np.int64))
         np.maximum.at(out.wmax, inv, np.concatenate([p.wmax for p in parts])[keep])
         np.add.at(out.wsum, inv, np.concatenate([p.wsum for p in parts])[keep])
         np.add.at(out.count, inv, np.concatenate([p.count for p in parts])[keep])
@@ -129,6 +129,83 @@ class Edges:
         """Rename endpoints, then combine edges that now join the same pair (dropping loops)."""
         return Edges.concat([Edges(apply_map(self.a, mapping), apply_map(self.b, mapping),
                                    self.wmax, self.wsum, self.count)])
+
+
+def _columns_at(ufunc: np.ufunc, out: np.ndarray, idx: np.ndarray, values: np.ndarray
+                ) -> None:
+    """``ufunc.at(out, idx, values)`` for 2-D ``out``, a column at a time (1-D is fast)."""
+    for c in range(out.shape[1]):
+        col = np.ascontiguousarray(out[:, c])
+        ufunc.at(col, idx, values[:, c])
+        out[:, c] = col
+
+
+def _unique_rows(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(np.stack([lo, hi], 1), axis=0, return_inverse=True)`` as (column 0, column 1,
+    inverse), by one 1-D unique of a combined uint64 key (of value ranks if need be)."""
+    if lo.dtype.kind not in "iu" or hi.dtype != lo.dtype:
+        uniq, inv = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
+        return uniq[:, 0].copy(), uniq[:, 1].copy(), inv.reshape(-1)
+    small = lo.dtype.kind == "u" and lo.max() < 2**32 and hi.max() < 2**32
+    if small:
+        ra, rb = lo.astype(np.uint64), hi.astype(np.uint64)
+    else:
+        ua, ra = np.unique(lo, return_inverse=True)
+        ub, rb = np.unique(hi, return_inverse=True)
+        ra, rb = ra.reshape(-1).astype(np.uint64), rb.reshape(-1).astype(np.uint64)
+    uk, inv = np.unique((ra << np.uint64(32)) | rb, return_inverse=True)
+    ka, kb = uk >> np.uint64(32), uk & np.uint64(0xFFFFFFFF)
+    if small:
+        return ka.astype(lo.dtype), kb.astype(lo.dtype), inv.reshape(-1)
+    return ua[ka.astype(np.intp)], ub[kb.astype(np.intp)], inv.reshape(-1)
+
+
+def _locate(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``searchsorted(ids, x)`` as int64, and whether every ``x`` is in ``ids``."""
+    n = len(ids)
+    if _consecutive(ids, x):
+        pos = (x - ids[0]).astype(np.int64)
+        return pos, bool(x.size == 0 or (x.min() >= ids[0] and x.max() <= ids[-1]))
+    pos = _search_sorted(ids, x).astype(np.int64, copy=False)
+    return pos, bool(n and np.array_equal(ids[np.minimum(pos, n - 1)], x))
+
+
+def _consecutive(ids: np.ndarray, x: np.ndarray) -> bool:
+    n = len(ids)
+    return bool(n and x.size and ids.dtype == x.dtype == np.uint64 and ids[-1] - ids[0] == n - 1
+                and (n == 1 or (np.diff(ids) == 1).all()))
+
+
+def _search_sorted(ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(ids, x)`` for sorted ``ids``; fast for consecutive ids or sorted x."""
+    n = len(ids)
+    if _consecutive(ids, x):
+        out = (x - ids[0]).astype(np.intp)
+        out[x < ids[0]] = 0
+        out[x > ids[-1]] = n
+        return out
+    if x.size < 2 or bool((x[1:] >= x[:-1]).all()):
+        return np.searchsorted(ids, x)
+    order = np.argsort(x, kind="stable")
+    out = np.empty(x.shape, np.intp)
+    out[order] = np.searchsorted(ids, x[order])
+    return out
+
+
+@njit(cache=True)
+def _present(flat, lo, span):  # pragma: no cover - compiled
+    out = np.zeros(span, np.bool_)
+    for v in flat:
+        out[v - lo] = True
+    return out
+
+
+@njit(cache=True)
+def _through(flat, lo, table):  # pragma: no cover - compiled
+    out = np.empty(flat.size, np.uint64)
+    for i in range(flat.size):
+        out[i] = table[flat[i] - lo]
+    return out
 
 
 def apply_map(ids: np.ndarray, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]
@@ -219,20 +296,36 @@ def frozen_mask(seg: Segments, node_lo: np.ndarray, node_hi: np.ndarray,
     return out
 
 
+def _resolve_arrays(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold, size_thr,
+                   dust, size_limit, size_aff, sem_aff) -> tuple[np.ndarray, ...]:
+    """:func:`resolve_dense`, by union-find for single linkage with nothing frozen (then the
+    edge arrays returned are the inputs: no edge is residual)."""
+    if mode == MODE_SINGLE_LINKAGE and not frozen.any():
+        from pipeline.watershed.chunked import single_linkage_dense  # (imports this module)
+
+        ok, root, final_val, hist_out, size_out, key_out, merges = single_linkage_dense(
+            size, key, hist, ia, ib, wmax, threshold, size_thr, dust)
+        if ok:
+            return (root, frozen.copy(), final_val, np.zeros(len(ia), bool), ia, ib, wmax,
+                    wsum, wcnt, hist_out, size_out, key_out, merges)
+    return resolve_dense(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold,
+                         size_thr, dust, size_limit, size_aff, sem_aff)
+
+
 def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> Resolution:
     """Merge greedily what can be decided on this node; return renames, finals and residual."""
     n = len(seg)
-    ia = np.searchsorted(seg.ids, edges.a).astype(np.int64)
-    ib = np.searchsorted(seg.ids, edges.b).astype(np.int64)
-    if n and len(edges) and not (np.array_equal(seg.ids[np.minimum(ia, n - 1)], edges.a)
-                                 and np.array_equal(seg.ids[np.minimum(ib, n - 1)], edges.b)):
+    ia, found_a = _locate(seg.ids, edges.a)
+    ib, found_b = _locate(seg.ids, edges.b)
+    if n and len(edges) and not (found_a and found_b):
         raise ValueError("every edge endpoint needs a segment row")
     hist = seg.hist if seg.hist.shape[0] == n else np.zeros((n, 0), np.int64)
     (root, tainted, final_val, res, A, B, wmax, wsum, wcnt, hist_out, size_out, key_out,
-     merges) = resolve_dense(
-        seg.size.astype(np.int64), seg.key.astype(np.uint64), frozen.astype(np.bool_),
-        np.ascontiguousarray(hist, np.int64), ia, ib, edges.wmax.astype(np.float32),
-        edges.wsum.astype(np.int64), edges.count.astype(np.int64), params.mode,
+     merges) = _resolve_arrays(  # they copy what they change
+        seg.size.astype(np.int64, copy=False), seg.key.astype(np.uint64, copy=False),
+        frozen.astype(np.bool_, copy=False), np.ascontiguousarray(hist, np.int64), ia, ib,
+        edges.wmax.astype(np.float32, copy=False), edges.wsum.astype(np.int64, copy=False),
+        edges.count.astype(np.int64, copy=False), params.mode,
         float(params.threshold), int(params.size_threshold), int(params.dust),
         int(params.size_limit), float(params.size_affinity), float(params.semantic_affinity))
     ids = seg.ids
@@ -241,8 +334,9 @@ def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> 
     resid = ~moved & tainted
     lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
     hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
-    np.minimum.at(lo, root, seg.lo)
-    np.maximum.at(hi, root, seg.hi)
+    if resid.any():  # bboxes are kept for residual segments only
+        np.minimum.at(lo, root, seg.lo)
+        np.maximum.at(hi, root, seg.hi)
     rs = Segments(ids[resid], size_out[resid], key_out[resid], lo[resid], hi[resid],
                   hist_out[resid])
     redges = Edges.concat([Edges(ids[A[res]], ids[B[res]], wmax[res], wsum[res], wcnt[res])])
@@ -322,7 +416,13 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
 
 def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> np.ndarray:
     """Final ids of ``labels`` following renames and finals from the chunk's node to the root."""
-    uniq, inv = np.unique(labels, return_inverse=True)
+    flat = labels.reshape(-1)
+    lo = flat.min() if flat.size and labels.dtype == np.uint64 else np.uint64(0)
+    span = int(flat.max() - lo) + 1 if flat.size and labels.dtype == np.uint64 else 0
+    if 0 < span <= 4 * flat.size:  # values through a table: no voxel-sized index arrays
+        uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
+    else:
+        uniq, inv = np.unique(labels, return_inverse=True)
     cur = uniq.copy()
     out = np.zeros(len(uniq), np.uint64)
     done = uniq == 0
@@ -336,4 +436,8 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> n
             done |= hit
     if strict and not done.all():
         raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
+    if 0 < span <= 4 * flat.size:
+        table = np.zeros(span, np.uint64)
+        table[(uniq - lo).astype(np.intp)] = out
+        return _through(flat, lo, table).reshape(labels.shape)
     return out[inv].reshape(labels.shape)

@@ -1,12 +1,19 @@
-"""The compiled heart of :func:`pipeline.regiongraph.resolve` (numba; dense indices only)."""
+"""The compiled heart of :func:`pipeline.regiongraph.resolve` (numba; dense indices only).
+
+Greedy merging pops edges by (value desc, touches-tainted first, endpoint keys, edge index).
+The queue is an indexed 4-ary heap (at most one entry per edge, updated in place), so after a
+merge only the edges whose entry changes are re-queued: the edges moved from the absorbed
+segment (their keys change), the edges they were folded into (their values change) and the
+rejected edges of the survivor (they become candidates again). With single linkage, values
+only move between edges, so keys and taint matter only to an edge whose value ties another's;
+the others are not re-queued for them. Edges between two tainted segments leave the queue.
+Adjacency and rejected-edge lists are linked lists over two slots per edge (one per endpoint).
+"""
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
-from numba import njit, types
-from numba.typed import Dict, List
+from numba import njit
 
 MODE_SINGLE_LINKAGE = 0
 MODE_MEAN = 1
@@ -40,41 +47,219 @@ def _dominant(hist, r):  # pragma: no cover - compiled
     return best
 
 
+# ---- the indexed heap -------------------------------------------------------------------
+# Row i of H is one queued edge: (order code of -value, clean, lo key, hi key, edge), compared
+# lexicographically; pos[edge] is its row or -1. Edges valued <= the threshold are never
+# queued: the loop stops at the first such edge, so they could not change what is merged.
+
+_FLIP = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _code(negv):  # pragma: no cover - compiled
+    """int64 whose order is the order of the float ``negv`` (-0.0 and 0.0 equal)."""
+    b = np.float64(negv + 0.0).view(np.int64)
+    return b if b >= 0 else b ^ _FLIP
+
+
+@njit(cache=True, inline="always")
+def _less(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):  # pragma: no cover - compiled
+    if a0 != b0:
+        return a0 < b0
+    if a1 != b1:
+        return a1 < b1
+    if a2 != b2:
+        return a2 < b2
+    if a3 != b3:
+        return a3 < b3
+    return a4 < b4
+
+
+@njit(cache=True, inline="always")
+def _copy_row(H, pos, i, j):  # pragma: no cover - compiled
+    H[i, 0], H[i, 1], H[i, 2], H[i, 3], H[i, 4] = H[j, 0], H[j, 1], H[j, 2], H[j, 3], H[j, 4]
+    pos[H[i, 4]] = i
+
+
 @njit(cache=True)
-def _taint(x, tainted, adj, alive, rejected, heap, mode, A, B, key, wmax, wsum, wcnt,
-           version):  # pragma: no cover - compiled
+def _sift_down(H, pos, n, i, x0, x1, x2, x3, x4):  # pragma: no cover - compiled
+    """Put the entry (x0, ..., x4) into hole ``i``, moving it down as far as it goes."""
+    while True:
+        c = 4 * i + 1
+        if c >= n:
+            break
+        for d in range(c + 1, min(c + 4, n)):
+            if _less(H[d, 0], H[d, 1], H[d, 2], H[d, 3], H[d, 4],
+                     H[c, 0], H[c, 1], H[c, 2], H[c, 3], H[c, 4]):
+                c = d
+        if not _less(H[c, 0], H[c, 1], H[c, 2], H[c, 3], H[c, 4], x0, x1, x2, x3, x4):
+            break
+        _copy_row(H, pos, i, c)
+        i = c
+    H[i, 0], H[i, 1], H[i, 2], H[i, 3], H[i, 4] = x0, x1, x2, x3, x4
+    pos[x4] = i
+
+
+@njit(cache=True)
+def _place(H, pos, n, i, x0, x1, x2, x3, x4):  # pragma: no cover - compiled
+    """Put the entry (x0, ..., x4) into hole ``i`` of a heap of ``n`` rows, sifting it."""
+    moved = False
+    while i > 0:
+        p = (i - 1) >> 2
+        if not _less(x0, x1, x2, x3, x4, H[p, 0], H[p, 1], H[p, 2], H[p, 3], H[p, 4]):
+            break
+        _copy_row(H, pos, i, p)
+        i = p
+        moved = True
+    if moved:
+        H[i, 0], H[i, 1], H[i, 2], H[i, 3], H[i, 4] = x0, x1, x2, x3, x4
+        pos[x4] = i
+    else:
+        _sift_down(H, pos, n, i, x0, x1, x2, x3, x4)
+
+
+@njit(cache=True)
+def _remove(H, pos, n, e):  # pragma: no cover - compiled
+    """Drop edge ``e`` from the heap if queued; the new heap size."""
+    i = pos[e]
+    if i < 0:
+        return n
+    pos[e] = -1
+    n -= 1
+    if i != n:
+        _place(H, pos, n, i, H[n, 0], H[n, 1], H[n, 2], H[n, 3], H[n, 4])
+    return n
+
+
+@njit(cache=True)
+def _push(H, pos, n, e, mode, threshold, A, B, key, wmax, wsum, wcnt,
+          tainted):  # pragma: no cover - compiled
+    """Queue edge ``e`` with its current entry (replacing its old one); the new heap size."""
+    v = _value(mode, e, wmax, wsum, wcnt)
+    if v <= threshold:
+        return _remove(H, pos, n, e)
+    ka = np.int64(key[A[e]])
+    kb = np.int64(key[B[e]])
+    lo, hi = (ka, kb) if ka < kb else (kb, ka)
+    clean = np.int64(0 if (tainted[A[e]] or tainted[B[e]]) else 1)
+    i = pos[e]
+    if i < 0:
+        i = n
+        n += 1
+    _place(H, pos, n, i, _code(-v), clean, lo, hi, np.int64(e))
+    return n
+
+
+# ---- a hash map of int64 >= 0 to int64 (open addressing, linear probing) ----------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True)
+def _map_new(m):  # pragma: no cover - compiled
+    bits = 4
+    while (1 << bits) < 2 * m + 2:
+        bits += 1
+    return np.full(1 << bits, -1, np.int64), np.empty(1 << bits, np.int64), bits
+
+
+@njit(cache=True, inline="always")
+def _map_slot(keys, bits, k):  # pragma: no cover - compiled
+    """The slot holding ``k``, or the empty slot where it would go."""
+    mask = (1 << bits) - 1
+    i = np.int64((np.uint64(k) * _GOLDEN) >> np.uint64(64 - bits))
+    while keys[i] != -1 and keys[i] != k:
+        i = (i + 1) & mask
+    return i
+
+
+@njit(cache=True)
+def _map_del(keys, vals, bits, i):  # pragma: no cover - compiled
+    """Empty slot ``i``, shifting back the entries that probed past it."""
+    mask = (1 << bits) - 1
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if keys[j] == -1:
+            break
+        h = np.int64((np.uint64(keys[j]) * _GOLDEN) >> np.uint64(64 - bits))
+        if (j - h) & mask >= (j - i) & mask:
+            keys[i] = keys[j]
+            vals[i] = vals[j]
+            i = j
+    keys[i] = -1
+
+
+# ---- lists over edge slots --------------------------------------------------------------
+
+
+@njit(cache=True)
+def _unreject(f, A, B, rejected, rhead, rprev, rnext):  # pragma: no cover - compiled
+    """Clear ``f``'s rejected flag and unlink its two slots from their endpoints' lists."""
+    rejected[f] = False
+    for s, owner in ((2 * f, A[f]), (2 * f + 1, B[f])):
+        p, q = rprev[s], rnext[s]
+        if p >= 0:
+            rnext[p] = q
+        else:
+            rhead[owner] = q
+        if q >= 0:
+            rprev[q] = p
+        rprev[s] = -1
+        rnext[s] = -1
+
+
+@njit(cache=True)
+def _reject(f, A, B, rejected, rhead, rprev, rnext):  # pragma: no cover - compiled
+    rejected[f] = True
+    for s, owner in ((2 * f, A[f]), (2 * f + 1, B[f])):
+        q = rhead[owner]
+        rprev[s] = -1
+        rnext[s] = q
+        if q >= 0:
+            rprev[q] = s
+        rhead[owner] = s
+
+
+@njit(cache=True)
+def _taint(x, tainted, head, nxt, alive, rejected, H, pos, n, mode, threshold, A, B,
+           key, wmax, wsum, wcnt, tie):  # pragma: no cover - compiled
     """Taint ``x`` and, transitively, everything it reaches through rejected edges; re-queue
-    their edges so that, among equal values, edges touching tainted segments come first."""
+    their queued edges whose value ``tie``s with another's, so that, among equal values, edges
+    touching tainted segments come first. (Other edges of theirs keep their place; those now
+    between two tainted segments leave the queue: they could only pop to no effect.)
+    """
     stack = [x]
     while len(stack):
         y = stack.pop()
         if tainted[y]:
             continue
         tainted[y] = True
-        for f in adj[y]:
+        s = head[y]
+        while s >= 0:
+            f = s >> 1
+            s = nxt[s]
             if not alive[f] or (A[f] != y and B[f] != y):
                 continue
-            _push(heap, f, mode, A, B, key, wmax, wsum, wcnt, version, tainted)
+            other = B[f] if A[f] == y else A[f]
+            if tainted[other]:  # it could only pop to no effect
+                n = _remove(H, pos, n, f)
+                continue
+            if tie[f] and pos[f] >= 0:
+                n = _push(H, pos, n, f, mode, threshold, A, B, key, wmax, wsum, wcnt, tainted)
             if rejected[f]:
-                other = B[f] if A[f] == y else A[f]
-                if not tainted[other]:
-                    stack.append(other)
-
-
-@njit(cache=True)
-def _push(heap, e, mode, A, B, key, wmax, wsum, wcnt, version, tainted):  # pragma: no cover
-    """Queue edge ``e`` by (value desc, touches-tainted first, endpoint keys)."""
-    ka = np.int64(key[A[e]])
-    kb = np.int64(key[B[e]])
-    lo, hi = (ka, kb) if ka < kb else (kb, ka)
-    clean = np.int64(0 if (tainted[A[e]] or tainted[B[e]]) else 1)
-    version[e] += 1
-    heapq.heappush(heap, (-_value(mode, e, wmax, wsum, wcnt), clean, lo, hi, e, version[e]))
+                stack.append(other)
+    return n
 
 
 @njit(cache=True)
 def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, threshold,
                   size_thr, dust, size_limit, size_aff, sem_aff):  # pragma: no cover
+    """Greedy merging on dense indices; see :func:`pipeline.regiongraph.resolve`.
+
+    Returns (root, tainted, final value, residual-edge mask, the edge arrays A, B, wmax, wsum,
+    wcnt and the segment arrays hist, size, key as merged, and the merges (o, r, value, size)).
+    """
     n = size.size
     m = ea.size
     size = size.copy()
@@ -89,35 +274,65 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
     wcnt = wcnt.copy()
     alive = np.ones(m, np.bool_)
     rejected = np.zeros(m, np.bool_)
-    version = np.zeros(m, np.int64)
-    adj = List()
-    for _ in range(n):
-        adj.append(List.empty_list(types.int64))
-    emap = Dict.empty(key_type=types.int64, value_type=types.int64)
+    # A rejected edge is queued again when its survivor merges. With single linkage and
+    # nothing tainted that is moot: sizes only grow, so it is rejected again, and rejections
+    # matter only to tainting.
+    requeue = mode != MODE_SINGLE_LINKAGE or tainted.any()
+    # Single-linkage weights only move between edges (a max): an edge holding a value no
+    # other edge had is ordered by it alone, so its keys and taint may change unqueued.
+    tie = np.ones(m, np.bool_)
+    if mode == MODE_SINGLE_LINKAGE:
+        tie[:] = False
+        q = np.flatnonzero(~(wmax <= threshold))
+        q = q[np.argsort(wmax[q])]
+        for i in range(q.size):
+            if np.isnan(wmax[q[i]]) or (i and wmax[q[i]] == wmax[q[i - 1]]):
+                tie[q[i]] = tie[q[i - 1]] = True
+    head = np.full(n, -1, np.int64)
+    nxt = np.empty(2 * m, np.int64)
+    rhead = np.full(n, -1, np.int64)
+    rprev = np.full(2 * m, -1, np.int64)
+    rnext = np.full(2 * m, -1, np.int64)
+    mkeys, mvals, mbits = _map_new(m)
     for e in range(m):
         lo, hi = (A[e], B[e]) if A[e] < B[e] else (B[e], A[e])
         A[e], B[e] = lo, hi
-        emap[lo * n + hi] = e
-        adj[lo].append(e)
-        adj[hi].append(e)
-    heap = [(0.0, np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
-    heap.pop()
+        i = _map_slot(mkeys, mbits, lo * n + hi)
+        mkeys[i] = lo * n + hi
+        mvals[i] = e
+        nxt[2 * e] = head[lo]
+        head[lo] = 2 * e
+        nxt[2 * e + 1] = head[hi]
+        head[hi] = 2 * e + 1
+    H = np.empty((m, 5), np.int64)
+    pos = np.full(m, -1, np.int64)
+    hn = 0
     for e in range(m):
-        _push(heap, e, mode, A, B, key, wmax, wsum, wcnt, version, tainted)
-    merges = []
-    while len(heap):
-        negv, _clean, _k1, _k2, e, ver = heapq.heappop(heap)
-        if not alive[e] or ver != version[e]:
+        v = _value(mode, e, wmax, wsum, wcnt)
+        if not v <= threshold:  # as in _push
+            ka = np.int64(key[A[e]])
+            kb = np.int64(key[B[e]])
+            H[hn, 0] = _code(-v)
+            H[hn, 1] = 0 if (tainted[A[e]] or tainted[B[e]]) else 1
+            H[hn, 2], H[hn, 3] = (ka, kb) if ka < kb else (kb, ka)
+            H[hn, 4] = e
+            pos[e] = hn
+            hn += 1
+    for i in range((hn - 2) // 4, -1, -1):
+        _sift_down(H, pos, hn, i, H[i, 0], H[i, 1], H[i, 2], H[i, 3], H[i, 4])
+    out = np.zeros((n, 4), np.float64)
+    nm = 0
+    while hn > 0:
+        e = H[0, 4]
+        hn = _remove(H, pos, hn, e)
+        if not alive[e]:
             continue
-        val = -negv
-        if val <= threshold:
-            break
+        val = _value(mode, e, wmax, wsum, wcnt)
         ra, rb = A[e], B[e]
         if tainted[ra] or tainted[rb]:
-            _taint(ra, tainted, adj, alive, rejected, heap, mode, A, B, key, wmax, wsum, wcnt,
-                   version)
-            _taint(rb, tainted, adj, alive, rejected, heap, mode, A, B, key, wmax, wsum, wcnt,
-                   version)
+            for x in (ra, rb):
+                hn = _taint(x, tainted, head, nxt, alive, rejected, H, pos, hn, mode,
+                            threshold, A, B, key, wmax, wsum, wcnt, tie)
             continue
         if mode == MODE_SINGLE_LINKAGE:
             ok = size[ra] < size_thr or size[rb] < size_thr
@@ -132,7 +347,10 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
                 if da >= 0 and db >= 0 and da != db:
                     ok = False
         if not ok:
-            rejected[e] = True
+            if requeue:
+                _reject(e, A, B, rejected, rhead, rprev, rnext)
+            else:
+                rejected[e] = True
             continue
         if key[ra] < key[rb] or (key[ra] == key[rb] and ra < rb):
             r, o = ra, rb
@@ -143,34 +361,57 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
         key[r] = min(key[r], key[o])
         for j in range(hist.shape[1]):
             hist[r, j] += hist[o, j]
-        merges.append((np.float64(o), np.float64(r), val, np.float64(size[r])))
+        out[nm, 0], out[nm, 1], out[nm, 2], out[nm, 3] = o, r, val, size[r]
+        nm += 1
         alive[e] = False
-        del emap[A[e] * n + B[e]]
-        for f in adj[o]:
-            if not alive[f] or (A[f] != o and B[f] != o):
-                continue
-            c = B[f] if A[f] == o else A[f]
-            del emap[A[f] * n + B[f]]
-            lo, hi = (r, c) if r < c else (c, r)
-            k = lo * n + hi
-            if k in emap:
-                g = emap[k]
-                wmax[g] = max(wmax[g], wmax[f])
-                wsum[g] += wsum[f]
-                wcnt[g] += wcnt[f]
-                alive[f] = False
-            else:
-                A[f], B[f] = lo, hi
-                emap[k] = f
-                adj[r].append(f)
-        adj[o] = List.empty_list(types.int64)
-        live = List.empty_list(types.int64)
-        for f in adj[r]:
-            if alive[f] and (A[f] == r or B[f] == r):
-                rejected[f] = False
-                _push(heap, f, mode, A, B, key, wmax, wsum, wcnt, version, tainted)
-                live.append(f)
-        adj[r] = live
+        _map_del(mkeys, mvals, mbits, _map_slot(mkeys, mbits, A[e] * n + B[e]))
+        s = head[o]
+        while s >= 0:
+            f = s >> 1
+            ns = nxt[s]
+            if alive[f] and (A[f] == o or B[f] == o):
+                was_rejected = rejected[f]
+                if was_rejected and requeue:
+                    _unreject(f, A, B, rejected, rhead, rprev, rnext)
+                c = B[f] if A[f] == o else A[f]
+                _map_del(mkeys, mvals, mbits, _map_slot(mkeys, mbits, A[f] * n + B[f]))
+                lo, hi = (r, c) if r < c else (c, r)
+                k = lo * n + hi
+                i = _map_slot(mkeys, mbits, k)
+                if mkeys[i] == k:
+                    g = mvals[i]
+                    old = wmax[g]
+                    wmax[g] = max(wmax[g], wmax[f])
+                    if wmax[g] != old:  # g holds f's value now (or NaN)
+                        tie[g] |= tie[f]
+                    wsum[g] += wsum[f]
+                    wcnt[g] += wcnt[f]
+                    alive[f] = False
+                    hn = _remove(H, pos, hn, f)
+                    if rejected[g] and requeue:
+                        _unreject(g, A, B, rejected, rhead, rprev, rnext)
+                    hn = _push(H, pos, hn, g, mode, threshold, A, B, key, wmax, wsum, wcnt,
+                               tainted)
+                else:
+                    A[f], B[f] = lo, hi
+                    mkeys[i] = k
+                    mvals[i] = f
+                    nxt[s] = head[r]
+                    head[r] = s
+                    if tie[f] or was_rejected:
+                        hn = _push(H, pos, hn, f, mode, threshold, A, B, key, wmax, wsum, wcnt,
+                                   tainted)
+            s = ns
+        head[o] = -1
+        if requeue:
+            s = rhead[r]
+            while s >= 0:
+                f = s >> 1
+                ns = rnext[s]
+                _unreject(f, A, B, rejected, rhead, rprev, rnext)
+                hn = _push(H, pos, hn, f, mode, threshold, A, B, key, wmax, wsum, wcnt,
+                           tainted)
+                s = ns
     root = np.empty(n, np.int64)
     for i in range(n):
         root[i] = _find(parent, i)
@@ -185,7 +426,5 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
     for e in range(m):
         if alive[e] and tainted[A[e]] and tainted[B[e]]:
             res[e] = mode == MODE_MEAN or wmax[e] > threshold
-    out = np.zeros((len(merges), 4), np.float64)
-    for i in range(len(merges)):
-        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = merges[i]
-    return root, tainted, final_val, res, A, B, wmax, wsum, wcnt, hist, size, key, out
+    return (root, tainted, final_val, res, A, B, wmax, wsum, wcnt, hist, size, key,
+            out[:nm].copy())

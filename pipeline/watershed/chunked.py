@@ -18,10 +18,10 @@ the chunking.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import cc3d
-import fastremap
 import numpy as np
 from numba import njit
 
@@ -39,7 +39,9 @@ from pipeline.watershed.kernels import region_graph
 MARGIN = 3
 """Affinity margin an atomic chunk reads: its own decisions and its 1-voxel shell's need 3."""
 
-_CC3D_BITS = np.array([2, 8, 32, 1, 4, 16], dtype=np.uint8)  # our -x,-y,-z,+x,+y,+z in cc3d
+# cc3d's bits for our -x,-y,-z,+x,+y,+z when it reads our (X, Y, Z) C-ordered graph as its
+# (Z, Y, X) Fortran-ordered transpose (cc3d works in Fortran order: no copies either way)
+_CC3D_BITS_T = np.array([32, 8, 2, 16, 4, 1], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -121,19 +123,67 @@ def _connectivity(kept, lo, hi, cc_bits):  # pragma: no cover - compiled
     """cc3d voxel graph of region [lo, hi) of ``kept``: an edge if either end keeps it."""
     X, Y, Z = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
     out = np.zeros((X, Y, Z), np.uint8)
-    steps = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
     for x in range(X):
         for y in range(Y):
             for z in range(Z):
                 k = kept[x + lo[0], y + lo[1], z + lo[2]]
-                for d in range(6):
-                    nx, ny, nz = x + steps[d][0], y + steps[d][1], z + steps[d][2]
-                    if nx < 0 or ny < 0 or nz < 0 or nx >= X or ny >= Y or nz >= Z:
-                        continue
-                    back = kept[nx + lo[0], ny + lo[1], nz + lo[2]] & (1 << ((d + 3) % 6))
-                    if (k & (1 << d)) or back:
-                        out[x, y, z] |= cc_bits[d]
+                b = np.uint8(0)
+                if x > 0 and ((k & 1) or (kept[x + lo[0] - 1, y + lo[1], z + lo[2]] & 8)):
+                    b |= cc_bits[0]
+                if y > 0 and ((k & 2) or (kept[x + lo[0], y + lo[1] - 1, z + lo[2]] & 16)):
+                    b |= cc_bits[1]
+                if z > 0 and ((k & 4) or (kept[x + lo[0], y + lo[1], z + lo[2] - 1] & 32)):
+                    b |= cc_bits[2]
+                if x < X - 1 and ((k & 8) or (kept[x + lo[0] + 1, y + lo[1], z + lo[2]] & 1)):
+                    b |= cc_bits[3]
+                if y < Y - 1 and ((k & 16) or (kept[x + lo[0], y + lo[1] + 1, z + lo[2]] & 2)):
+                    b |= cc_bits[4]
+                if z < Z - 1 and ((k & 32) or (kept[x + lo[0], y + lo[1], z + lo[2] + 1] & 4)):
+                    b |= cc_bits[5]
+                out[x, y, z] = b
     return out
+
+
+@njit(cache=True)
+def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
+                  id_offset):  # pragma: no cover - compiled
+    """Components ``cc`` of voxels that keep an edge (``kept`` read at offset ``m``), numbered
+    1..n by first voxel in C order, plus ``id_offset``; and per basin size, key and bbox."""
+    X, Y, Z = cc.shape
+    lut = np.zeros(ncc + 1, np.int64)
+    labels = np.zeros((X, Y, Z), np.uint64)
+    size = np.zeros(ncc + 1, np.int64)
+    key = np.full(ncc + 1, np.iinfo(np.uint64).max, np.uint64)
+    lo = np.full((ncc + 1, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((ncc + 1, 3), np.iinfo(np.int64).min, np.int64)
+    n = 0
+    off = np.uint64(id_offset)
+    for x in range(X):
+        gx = origin[0] + x
+        for y in range(Y):
+            gy = origin[1] + y
+            for z in range(Z):
+                c = cc[x, y, z]
+                if c == 0 or kept[x + m, y + m, z + m] == 0:
+                    continue
+                s = lut[c]
+                if s == 0:
+                    n += 1
+                    lut[c] = s = n
+                labels[x, y, z] = np.uint64(s) + off
+                gz = origin[2] + z
+                lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
+                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
+                size[s] += 1
+                if lin < key[s]:
+                    key[s] = lin
+                for a, g in ((0, gx), (1, gy), (2, gz)):
+                    if g < lo[s, a]:
+                        lo[s, a] = g
+                    if g > hi[s, a]:
+                        hi[s, a] = g
+    return (labels, size[1:n + 1].copy(), key[1:n + 1].copy(), lo[1:n + 1].copy(),
+            hi[1:n + 1].copy())
 
 
 @njit(cache=True)
@@ -165,6 +215,140 @@ def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - c
     return size[1:], key[1:], lo[1:], hi[1:]
 
 
+# ---- single linkage with nothing frozen, by union-find -------------------------------------
+# With no frozen segment nothing is tainted, and a rejected pair (both sides >= ws_size) stays
+# rejected as sizes only grow; so the queue of :func:`pipeline.regiongraph.resolve` would pop,
+# for each pair of current segments, its max edge: the first of its edges in descending
+# order. Equal weights are taken in the queue's order: by the keys of their current segments.
+
+
+@njit(cache=True)
+def _root(parent, i):  # pragma: no cover - compiled
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@njit(cache=True)
+def _link(parent, size, key, ra, rb, v, out, nm, size_thr):  # pragma: no cover - compiled
+    """Merge roots ``ra != rb`` if either is small: (merges so far, survivor or -1, other)."""
+    if not (size[ra] < size_thr or size[rb] < size_thr):
+        return nm, -1, -1
+    r, o = (ra, rb) if key[ra] < key[rb] or (key[ra] == key[rb] and ra < rb) else (rb, ra)
+    parent[o] = r
+    size[r] += size[o]
+    key[r] = min(key[r], key[o])
+    out[nm, 0], out[nm, 1], out[nm, 2], out[nm, 3] = o, r, v, size[r]
+    return nm + 1, r, o
+
+
+@njit(cache=True)
+def _pair_keys(key, ra, rb):  # pragma: no cover - compiled
+    ka, kb = np.int64(key[ra]), np.int64(key[rb])
+    return (ka, kb) if ka < kb else (kb, ka)
+
+
+@njit(cache=True)
+def _tie_group(es, ea, eb, v, parent, size, key, out, nm, size_thr, ghead,
+               gnext):  # pragma: no cover - compiled
+    """Edges ``es`` of one weight ``v``, by the keys of their current roots; a merge re-keys
+    the absorbed root's edges (their older entries are then skipped)."""
+    heap = [(np.int64(0), np.int64(0), np.int64(0))]
+    heap.pop()
+    for k in range(es.size):
+        ra, rb = _root(parent, ea[es[k]]), _root(parent, eb[es[k]])
+        if ra != rb:
+            gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
+            gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
+            heapq.heappush(heap, (*_pair_keys(key, ra, rb), np.int64(k)))
+    while len(heap):
+        lo, hi, k = heapq.heappop(heap)
+        ra, rb = _root(parent, ea[es[k]]), _root(parent, eb[es[k]])
+        if ra == rb or _pair_keys(key, ra, rb) != (lo, hi):
+            continue
+        nm, r, o = _link(parent, size, key, ra, rb, v, out, nm, size_thr)
+        s = ghead[o] if r >= 0 else -1
+        while s >= 0:
+            ns = gnext[s]
+            gnext[s], ghead[r] = ghead[r], s
+            a2, b2 = _root(parent, ea[es[s >> 1]]), _root(parent, eb[es[s >> 1]])
+            if a2 != b2:
+                heapq.heappush(heap, (*_pair_keys(key, a2, b2), np.int64(s >> 1)))
+            s = ns
+        if r >= 0:
+            ghead[o] = -1
+    for k in range(es.size):
+        ghead[_root(parent, ea[es[k]])] = ghead[_root(parent, eb[es[k]])] = -1
+    return nm
+
+
+@njit(cache=True)
+def single_linkage_dense(size, key, hist, ea, eb, wmax, threshold, size_thr,
+                         dust):  # pragma: no cover - compiled
+    """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage with nothing
+    frozen: (ok, root, final value, hist, size, key, merges); not ok (and nothing done) where
+    keys repeat, a weight is NaN or there are 2**31 segments."""
+    n = size.size
+    size, key, hist = size.copy(), key.copy(), hist.copy()
+    out = np.zeros((n, 4), np.float64)
+    root = np.arange(n)
+    final_val = np.zeros(n, np.uint64)
+    ok = n < 2**31 and not np.isnan(wmax).any()
+    k0 = key.min() if n else np.uint64(0)
+    if n and key.max() - k0 < 16 * n:  # distinct keys? by a bitmap, else by sorting
+        seen = np.zeros(np.int64(key.max() - k0) + 1, np.bool_)
+        for i in range(n):
+            ok &= not seen[key[i] - k0]
+            seen[key[i] - k0] = True
+    else:
+        sk = np.sort(key)
+        for i in range(1, n):
+            ok &= sk[i] != sk[i - 1]
+    if not ok:
+        return False, root, final_val, hist, size, key, out[:0]
+    m = 0  # edges by descending weight: order[:m], or the first m edges if already so
+    while m < wmax.size and wmax[m] > threshold:
+        m += 1
+    order = np.arange(0)
+    presorted = True
+    for e in range(1, wmax.size):
+        if wmax[e] > wmax[e - 1]:
+            order = np.flatnonzero(wmax > threshold)
+            order = order[np.argsort(-wmax[order].astype(np.float64))]
+            presorted, m = False, order.size
+            break
+    parent = np.arange(n).astype(np.int32)
+    ghead = np.full(n, -1, np.int64)
+    gnext = np.empty(0, np.int64)
+    nm = i = 0
+    while i < m:
+        e = i if presorted else order[i]
+        j = i + 1
+        while j < m and wmax[j if presorted else order[j]] == wmax[e]:
+            j += 1
+        if j == i + 1:
+            ra, rb = _root(parent, ea[e]), _root(parent, eb[e])
+            if ra != rb:
+                nm = _link(parent, size, key, ra, rb, np.float64(wmax[e]), out, nm, size_thr)[0]
+        else:
+            es = np.arange(i, j) if presorted else order[i:j]
+            if gnext.size < 2 * es.size:
+                gnext = np.empty(2 * es.size, np.int64)
+            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, out, nm,
+                            size_thr, ghead, gnext)
+        i = j
+    for i in range(nm):
+        o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
+        for j in range(hist.shape[1]):
+            hist[r, j] += hist[o, j]
+    for i in range(n):
+        root[i] = _root(parent, i)
+        if root[i] == i:
+            final_val[i] = 0 if size[i] < dust else key[i] + 1
+    return True, root, final_val, hist, size, key, out[:nm].copy()
+
+
 @dataclass
 class ChunkResult:
     """An atomic chunk's basins (global ids), its resolution, and its face planes."""
@@ -188,21 +372,17 @@ def watershed_chunk(aff_padded: np.ndarray, origin: tuple[int, int, int], shape:
     kept = kept_edges(aff_padded, params.high, params.low)
     lo = np.array([m] * 3, np.int64)
     hi = np.array([m + s for s in shape], np.int64)
-    cc = cc3d.color_connectivity_graph(_connectivity(kept, lo, hi, _CC3D_BITS), connectivity=6)
-    own_kept = kept[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
-    cc = np.where(own_kept != 0, cc, 0)
-    local, _ = fastremap.renumber(np.ascontiguousarray(cc), preserve_zero=True)
-    local = local.astype(np.uint64)
-    n = int(local.max())
-    size, key, slo, shi = segment_stats(local, np.array(origin, np.int64),
-                                        np.array(run_start, np.int64),
-                                        np.array(run_shape, np.int64))
-    labels = np.where(local > 0, local + np.uint64(id_offset), np.uint64(0))
+    graph = _connectivity(kept, lo, hi, _CC3D_BITS_T)
+    cc = cc3d.color_connectivity_graph(graph.T, connectivity=6).T  # C order, no copies
+    labels, size, key, slo, shi = _basin_labels(
+        cc, kept, m, int(cc.max()) if cc.size else 0, np.array(origin, np.int64),
+        np.array(run_start, np.int64), np.array(run_shape, np.int64), int(id_offset))
+    n = len(size)
     seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + np.uint64(id_offset), size, key,
                    slo, shi, np.zeros((n, 0), np.int64))
     own_aff = aff_padded[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
     pairs, weights = region_graph(own_aff, labels)
-    edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32),
+    edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32, copy=False),
                   np.zeros(len(weights), np.int64), np.zeros(len(weights), np.int64))
     frozen = frozen_mask(seg, node_lo, node_hi, volume_faces)
     res = resolve(seg, edges, frozen, params.resolve_params())

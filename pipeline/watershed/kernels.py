@@ -213,99 +213,107 @@ def basins(graph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def _boundary_edges(aff, labels):  # pragma: no cover - compiled
-    """(lo, hi, affinity) for each voxel face between distinct nonzero (dense) labels.
-
-    Consecutive repeats of one pair along z are folded into one entry (keeping the max), which
-    shrinks the list before it is reduced without changing the result.
-    """
+def _boundary_buckets(aff, labels, n, count, fill):  # pragma: no cover - compiled
+    """(hi, affinity) per voxel face between distinct nonzero (dense) labels lo < hi, in lo
+    buckets in the order met. ``count``: only count the entries per lo (the first result), else
+    ``fill`` holds where the buckets start (advanced as they fill). Consecutive repeats of a
+    pair along z fold into one entry (keeping the max): shorter lists, the same result."""
     X, Y, Z = labels.shape
-    flat = labels.reshape(-1)
-    strides = (Y * Z, Z, 1)
-    los = np.empty(3 * flat.size, dtype=np.int64)
-    his = np.empty(3 * flat.size, dtype=np.int64)
-    vals = np.empty(3 * flat.size, dtype=np.float32)
-    last = np.full(3, -1, dtype=np.int64)
-    m = 0
+    counts = np.zeros(n + 2 if count else 0, dtype=np.int64)
+    his = np.empty(0 if count else fill[n + 1], dtype=np.int64)
+    vals = np.empty(his.size, dtype=np.float32)
+    last = np.full((3, 3), -1, dtype=np.int64)  # per channel: lo, hi, entry of its last pair
     for x in range(X):
         for y in range(Y):
-            last[:] = -1
+            last[:, 0] = -1
             for z in range(Z):
-                i = (x * Y + y) * Z + z
-                a = np.int64(flat[i])
-                if a == 0:
-                    continue
+                a = np.int64(labels[x, y, z])
                 for c in range(3):
-                    if (c == 0 and x == 0) or (c == 1 and y == 0) or (c == 2 and z == 0):
+                    if a == 0 or (x, y, z)[c] == 0:
                         continue
-                    b = np.int64(flat[i - strides[c]])
+                    b = np.int64(labels[x - (c == 0), y - (c == 1), z - (c == 2)])
                     if b == 0 or b == a:
                         continue
                     lo, hi = (a, b) if a < b else (b, a)
-                    v = aff[x, y, z, c]
-                    k = last[c]
-                    if k >= 0 and los[k] == lo and his[k] == hi:
-                        vals[k] = max(vals[k], v)
-                        continue
-                    los[m], his[m], vals[m] = lo, hi, v
-                    last[c] = m
-                    m += 1
-    return los[:m], his[:m], vals[:m]
+                    if last[c, 0] == lo and last[c, 1] == hi:
+                        if not count:
+                            vals[last[c, 2]] = max(vals[last[c, 2]], aff[x, y, z, c])
+                    elif count:
+                        counts[lo + 1] += 1
+                        last[c, 0], last[c, 1] = lo, hi
+                    else:
+                        k = fill[lo]
+                        fill[lo] = k + 1
+                        his[k], vals[k] = hi, aff[x, y, z, c]
+                        last[c, 0], last[c, 1], last[c, 2] = lo, hi, k
+    return counts, his, vals
 
 
 @njit(cache=True)
-def _counting_order(keys, n, order):  # pragma: no cover - compiled
-    """Stable reordering of ``order`` by ``keys[order]`` (values in ``0..n``)."""
-    start = np.zeros(n + 2, dtype=np.int64)
-    for i in range(order.size):
-        start[keys[order[i]] + 1] += 1
-    for i in range(1, n + 2):
-        start[i] += start[i - 1]
-    out = np.empty_like(order)
-    for i in range(order.size):
-        k = keys[order[i]]
-        out[start[k]] = order[i]
-        start[k] += 1
-    return out
+def _bucket_max(start, bh, bw, n):  # pragma: no cover - compiled
+    """Unique (lo, hi) pairs sorted ascending with their max weight, from lo buckets: repeats
+    of a hi fold into its first entry (in bucket order), then a bucket is sorted by hi."""
+    owner = np.full(n + 1, -1, dtype=np.int64)
+    m = 0
+    for k in range(n + 1):  # count the pairs first: the lists can be much longer
+        for j in range(start[k], start[k + 1]):
+            m += owner[bh[j]] != k
+            owner[bh[j]] = k
+    owner[:] = -1
+    slot = np.empty(n + 1, dtype=np.int64)
+    ulo, uhi, uw = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float32)
+    m = 0
+    for k in range(n + 1):
+        first = m
+        for j in range(start[k], start[k + 1]):
+            h = bh[j]
+            if owner[h] != k:
+                owner[h], slot[h] = k, m
+                ulo[m], uhi[m], uw[m] = k, h, bw[j]
+                m += 1
+            else:
+                uw[slot[h]] = max(uw[slot[h]], bw[j])
+        if m - first > 16:
+            order = np.argsort(uhi[first:m]) + first
+            uhi[first:m], uw[first:m] = uhi[order], uw[order]
+        for a in range(first + 1, m if m - first <= 16 else 0):  # insertion sort
+            h, v, b = uhi[a], uw[a], a - 1
+            while b >= first and uhi[b] > h:
+                uhi[b + 1], uw[b + 1] = uhi[b], uw[b]
+                b -= 1
+            uhi[b + 1], uw[b + 1] = h, v
+    return ulo, uhi, uw
 
 
 @njit(cache=True)
-def _unique_pairs_max(lo, hi, w, n):  # pragma: no cover - compiled
-    """Unique (lo, hi) pairs sorted ascending with their max weight (two counting sorts)."""
-    order = np.arange(lo.size)
-    order = _counting_order(hi, n, order)
-    order = _counting_order(lo, n, order)
-    ulo = np.empty(lo.size, dtype=np.int64)
-    uhi = np.empty(lo.size, dtype=np.int64)
-    uw = np.empty(lo.size, dtype=np.float32)
-    m = -1
-    for i in order:
-        if m >= 0 and ulo[m] == lo[i] and uhi[m] == hi[i]:
-            uw[m] = max(uw[m], w[i])
-        else:
-            m += 1
-            ulo[m], uhi[m], uw[m] = lo[i], hi[i], w[i]
-    return ulo[: m + 1], uhi[: m + 1], uw[: m + 1]
+def _weight_codes(uw):  # pragma: no cover - compiled
+    """Keys (weight code << 32 | row), ascending for descending weights (-0.0 becomes 0.0)."""
+    code = np.empty(uw.size, np.uint64)
+    for i in range(uw.size):
+        uw[i] += np.float32(0.0)
+        b = np.uint64(np.float32(uw[i]).view(np.uint32))
+        up = (b ^ np.uint64(0xFFFFFFFF)) if b >> np.uint64(31) else (b | np.uint64(1 << 31))
+        code[i] = ((up ^ np.uint64(0xFFFFFFFF)) << np.uint64(32)) | np.uint64(i)
+    return code
 
 
-def _max_per_pair(
-    lo: np.ndarray, hi: np.ndarray, w: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (lo, hi) pairs (ids ``<= n``) with their max weight, sorted by (-w, lo, hi)."""
-    if lo.size == 0:
-        return np.zeros((0, 2), np.uint64), np.zeros(0, np.float32)
-    ulo, uhi, uw = _unique_pairs_max(
-        lo.astype(np.int64), hi.astype(np.int64), w.astype(np.float32), n
-    )
-    uw = uw + np.float32(0.0)  # -0.0 -> +0.0, so equal weights get equal sort codes
-    # One fast sort of unique uint64 keys: (descending-weight code << 32) | rank in (lo, hi).
-    bits = uw.view(np.uint32)
-    ascending = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))
-    composite = (~ascending).astype(np.uint64) << np.uint64(32)
-    composite |= np.arange(uw.size, dtype=np.uint64)
-    rank = (np.sort(composite) & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    edges = np.stack([ulo[rank], uhi[rank]], axis=1).astype(np.uint64)
-    return edges, uw[rank]
+@njit(cache=True)
+def _rows_by_code(ulo, uhi, uw, code):  # pragma: no cover - compiled
+    edges, weights = np.empty((uw.size, 2), np.uint64), np.empty(uw.size, np.float32)
+    for i in range(uw.size):
+        r = np.int64(code[i] & np.uint64(0xFFFFFFFF))
+        edges[i, 0], edges[i, 1], weights[i] = ulo[r], uhi[r], uw[r]
+    return edges, weights
+
+
+def _max_per_pair(aff: np.ndarray, dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique face pairs (lo, hi) of ``dense`` (ids <= n), max affinity, by (-w, lo, hi)."""
+    start = np.cumsum(_boundary_buckets(aff, dense, n, True, np.zeros(0, np.int64))[0])
+    ulo, uhi, uw = _bucket_max(start, *_boundary_buckets(aff, dense, n, False, start.copy())[1:],
+                               n)
+    code = _weight_codes(uw)
+    code.sort()  # rows by (-w, lo, hi), as rows are by (lo, hi)
+    return _rows_by_code(ulo, uhi, uw, code)
 
 
 def _dense_order_preserving(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,9 +349,9 @@ def region_graph(aff: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise ValueError("labels must be non-negative")
     dense, inverse = _dense_order_preserving(labels)
-    lo, hi, w = _boundary_edges(aff, dense)
-    edges, weights = _max_per_pair(lo, hi, w, inverse.size - 1)
-    return inverse[edges], weights
+    edges, weights = _max_per_pair(aff, dense, inverse.size - 1)
+    same = np.array_equal(inverse, np.arange(inverse.size, dtype=np.uint64))
+    return (edges if same else inverse[edges]), weights
 
 
 @njit(cache=True)
