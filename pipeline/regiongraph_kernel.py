@@ -247,7 +247,7 @@ def _taint(x, tainted, head, nxt, alive, rejected, H, pos, n, mode, threshold, A
                 continue
             if tie[f] and pos[f] >= 0:
                 n = _push(H, pos, n, f, mode, threshold, A, B, key, wmax, wsum, wcnt, tainted)
-            if rejected[f]:
+            if rejected[f] and mode == MODE_MEAN:  # single linkage never revives a rejection
                 stack.append(other)
     return n
 
@@ -329,6 +329,14 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
             continue
         val = _value(mode, e, wmax, wsum, wcnt)
         ra, rb = A[e], B[e]
+        if mode == MODE_SINGLE_LINKAGE and size[ra] >= size_thr and size[rb] >= size_thr:
+            # Certain already: sizes here are lower bounds of the global ones at this value
+            # (a frozen segment only grows by what lies outside), and both are too big.
+            if requeue:
+                _reject(e, A, B, rejected, rhead, rprev, rnext)
+            else:
+                rejected[e] = True
+            continue
         if tainted[ra] or tainted[rb]:
             for x in (ra, rb):
                 hn = _taint(x, tainted, head, nxt, alive, rejected, H, pos, hn, mode,

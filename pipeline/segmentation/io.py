@@ -42,7 +42,7 @@ def read_affinity(config: RunConfig, box: Bbox, margin: int) -> np.ndarray:
     mask = np.zeros(want.shape, bool)
     mask[inside.slices(want.start)] = True
     aff[~mask] = 0
-    return prepare_affinity(aff, want.start, run.start)
+    return prepare_affinity(aff, want.start, run.start, copy=False)
 
 
 def read_low_padded(path: str, box: Bbox, mip: int) -> np.ndarray:

@@ -15,9 +15,13 @@ from pipeline.regiongraph import Edges, Resolution, node_step, remap
 from pipeline.watershed.chunked import MARGIN, WatershedParams, stitch_face, watershed_chunk
 
 
-def prepare_affinity(block: np.ndarray, block_start: Vec, run_start: Vec) -> np.ndarray:
-    """Zero channel c on the run's first plane along c: those voxels have no predecessor."""
-    block = np.array(block, dtype=np.float32, copy=True)
+def prepare_affinity(block: np.ndarray, block_start: Vec, run_start: Vec,
+                     copy: bool = True) -> np.ndarray:
+    """Zero channel c on the run's first plane along c: those voxels have no predecessor.
+
+    With ``copy=False`` a float32 ``block`` is changed in place (no second chunk in memory).
+    """
+    block = np.array(block, dtype=np.float32, copy=copy or block.dtype != np.float32)
     for c in range(3):
         i = run_start[c] - block_start[c]
         if 0 <= i < block.shape[c]:
@@ -105,7 +109,7 @@ def watershed_octree(aff: np.ndarray, chunk_size: Vec, params: WatershedParams,
     for coord in grid.coords():
         box = grid.chunk(coord)
         block = prepare_affinity(padded_block(aff, run, box, MARGIN),
-                                 box.grow(MARGIN).start, run.start)
+                                 box.grow(MARGIN).start, run.start, copy=False)
         chunk_job(store, layout, coord, block, params)
     for coord in grid.coords():
         face_job(store, layout, coord)
