@@ -1,21 +1,6 @@
-"""Watershed stage: Zlateski & Seung (2015) affinity watershed, as in abiss.
+"""Watershed stage: Zlateski & Seung (2015) affinity watershed, as in abiss, chunked exactly.
 
-The pure kernels live in :mod:`pipeline.watershed.kernels`; chunked task creation and I/O live
-in sibling modules.
+:mod:`.chunked` holds the kernels (steepest ascent with the local plateau rule, basins, single
+linkage through :mod:`pipeline.regiongraph`), :mod:`.kernels` the region graph, :mod:`.jobs`
+the octree jobs and :mod:`.tasks` the queue tasks.
 """
-
-from pipeline.watershed.kernels import (
-    basins,
-    region_graph,
-    size_dependent_single_linkage,
-    steepest_ascent,
-    watershed,
-)
-
-__all__ = [
-    "basins",
-    "region_graph",
-    "size_dependent_single_linkage",
-    "steepest_ascent",
-    "watershed",
-]
