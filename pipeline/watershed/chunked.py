@@ -144,21 +144,6 @@ def _connectivity(kept, lo, hi, cc_bits):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, inline="always")
-def _add_voxel(s, gx, gy, gz, run_start, run_shape, size, key, lo, hi):  # pragma: no cover
-    """Count global voxel (gx, gy, gz) in segment ``s``: size, smallest linear index, bbox."""
-    lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
-        (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
-    size[s] += 1
-    if lin < key[s]:
-        key[s] = lin
-    for a, g in ((0, gx), (1, gy), (2, gz)):
-        if g < lo[s, a]:
-            lo[s, a] = g
-        if g > hi[s, a]:
-            hi[s, a] = g
-
-
 @njit(cache=True)
 def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
                   id_offset):  # pragma: no cover - compiled
@@ -186,7 +171,17 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
                     n += 1
                     lut[c] = s = n
                 labels[x, y, z] = np.uint64(s) + off
-                _add_voxel(s, gx, gy, origin[2] + z, run_start, run_shape, size, key, lo, hi)
+                gz = origin[2] + z
+                lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
+                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
+                size[s] += 1
+                if lin < key[s]:
+                    key[s] = lin
+                for a, g in ((0, gx), (1, gy), (2, gz)):
+                    if g < lo[s, a]:
+                        lo[s, a] = g
+                    if g > hi[s, a]:
+                        hi[s, a] = g
     return (labels, size[1:n + 1].copy(), key[1:n + 1].copy(), lo[1:n + 1].copy(),
             hi[1:n + 1].copy())
 
@@ -206,8 +201,17 @@ def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - c
                 s = labels[x, y, z]
                 if s == 0:
                     continue
-                _add_voxel(s, origin[0] + x, origin[1] + y, origin[2] + z, run_start,
-                           run_shape, size, key, lo, hi)
+                gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
+                lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
+                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
+                size[s] += 1
+                if lin < key[s]:
+                    key[s] = lin
+                for a, g in ((0, gx), (1, gy), (2, gz)):
+                    if g < lo[s, a]:
+                        lo[s, a] = g
+                    if g > hi[s, a]:
+                        hi[s, a] = g
     return size[1:], key[1:], lo[1:], hi[1:]
 
 
