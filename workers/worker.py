@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from taskqueue import QueueEmptyError
@@ -85,6 +86,8 @@ class Worker:
             done.set()
             renewer.join()
         self.tq.delete(task)
+        if self.queue_url.startswith("fq://"):
+            _drop_fq_leftovers(self.queue_url, task)
         self.executed += 1
 
     def _renew(self, task: Any, done: threading.Event) -> None:
@@ -106,6 +109,19 @@ class Worker:
             log.error("task %s dead-lettered after %d attempts", task_key(task), attempts)
         else:
             self.tq.renew(task, self.retry_delay)
+
+
+def _drop_fq_leftovers(queue_url: str, task: Any) -> None:
+    """Remove any queue file still holding a finished task.
+
+    task-queue's fq insert writes a task's movement record after its queue file; a worker that
+    leases the task in between has its lease record overwritten, so delete() misses the leased
+    file and the wave waits for the lease (600 s) to expire before the task runs again.
+    """
+    ident = getattr(task, "id", None)
+    if isinstance(ident, str) and ident:
+        for leftover in (Path(queue_url[len("fq://"):]) / "queue").glob(f"*--{ident}.json"):
+            leftover.unlink(missing_ok=True)
 
 
 def _import_task_module(task: Any) -> None:
