@@ -1,7 +1,7 @@
 """Chunked cleft map-reduce vs single-volume cc3d on the same probability map, one core.
 
-Prints the time ratio (target ≤ 1.5) and voxels/s of both (best of 3 runs each), and checks
-the labels agree.
+Prints the time ratio (target ≤ 1.5) and voxels/s of both (best of --repeat interleaved
+rounds), and checks the labels agree.
 Run: .venv/bin/python bench/synapses.py [--quick]
 """
 
@@ -56,25 +56,24 @@ def probability_map(shape, seed=0) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds (best time of each counts)")
     args = ap.parse_args()
     shape = (128, 128, 64) if args.quick else (512, 512, 128)
     chunk = (64, 64, 32) if args.quick else (256, 256, 64)
     prob = probability_map(shape)
     params = SynapseParams(threshold=0.5, connectivity=26, size_threshold=0)
-    def best(fn, repeat=3):
-        """Best of ``repeat`` timings (the first run also compiles/loads numba kernels)."""
-        times, out = [], None
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-        return min(times), out
-
-    t_cc3d, ref = best(lambda: cc3d.connected_components(prob > 0.5, connectivity=26))
-    t_cc3d64, _ = best(lambda: cc3d.connected_components(prob > 0.5, connectivity=26,
-                                                         out_dtype=np.uint64))
-    t_ours, pieces = min((map_reduce(prob, chunk, params) for _ in range(3)),
-                         key=lambda r: r[0])
+    # rounds run cc3d and ours in turn and keep each one's best time: fair on a loaded machine
+    # (the first round also compiles/loads the numba kernels)
+    t_cc3d = t_cc3d64 = t_ours = float("inf")
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        ref = cc3d.connected_components(prob > 0.5, connectivity=26)
+        t_cc3d = min(t_cc3d, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cc3d.connected_components(prob > 0.5, connectivity=26, out_dtype=np.uint64)
+        t_cc3d64 = min(t_cc3d64, time.perf_counter() - t0)
+        t, pieces = map_reduce(prob, chunk, params)
+        t_ours = min(t_ours, t)
     ours = np.zeros(prob.shape, np.uint64)
     for box, labels in pieces:
         ours[box.slices()] = labels

@@ -164,7 +164,8 @@ def _locate(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, bool]:
     """``searchsorted(ids, x)`` as int64, and whether every ``x`` is in ``ids``."""
     n = len(ids)
     if _consecutive(ids, x):
-        pos = (x - ids[0]).astype(np.int64)
+        pos = x.astype(np.int64)  # one array (ids and x are below 2**63)
+        pos -= np.int64(ids[0])
         return pos, bool(x.size == 0 or (x.min() >= ids[0] and x.max() <= ids[-1]))
     pos = _search_sorted(ids, x).astype(np.int64, copy=False)
     return pos, bool(n and np.array_equal(ids[np.minimum(pos, n - 1)], x))
@@ -315,6 +316,8 @@ def _resolve_arrays(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, thr
 def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> Resolution:
     """Merge greedily what can be decided on this node; return renames, finals and residual."""
     n = len(seg)
+    if len(edges) >= 2**30:
+        raise ValueError(f"{len(edges)} edges in one octree node; at most 2**30 - 1")
     ia, found_a = _locate(seg.ids, edges.a)
     ib, found_b = _locate(seg.ids, edges.b)
     if n and len(edges) and not (found_a and found_b):
@@ -332,13 +335,14 @@ def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> 
     moved = root != np.arange(n)
     final = ~moved & ~tainted
     resid = ~moved & tainted
-    lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
-    hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
-    if resid.any():  # bboxes are kept for residual segments only
+    lo = hi = np.zeros((0, 3), np.int64)  # bboxes are kept for residual segments only
+    if resid.any():
+        lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
+        hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
         np.minimum.at(lo, root, seg.lo)
         np.maximum.at(hi, root, seg.hi)
-    rs = Segments(ids[resid], size_out[resid], key_out[resid], lo[resid], hi[resid],
-                  hist_out[resid])
+        lo, hi = lo[resid], hi[resid]
+    rs = Segments(ids[resid], size_out[resid], key_out[resid], lo, hi, hist_out[resid])
     redges = Edges.concat([Edges(ids[A[res]], ids[B[res]], wmax[res], wsum[res], wcnt[res])])
     hist_arr = np.zeros(len(merges), HISTORY_DTYPE)
     if len(merges):

@@ -150,40 +150,47 @@ def _push(H, pos, n, e, mode, threshold, A, B, key, wmax, wsum, wcnt,
     return n
 
 
-# ---- a hash map of int64 >= 0 to int64 (open addressing, linear probing) ----------------
+# ---- a hash map of int64 >= 0 to int32 (open addressing, linear probing) ----------------
+# ``cap`` slots (at most 2/3 full), a key's home slot by multiply-shift hashing.
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(cache=True)
 def _map_new(m):  # pragma: no cover - compiled
-    bits = 4
-    while (1 << bits) < 2 * m + 2:
-        bits += 1
-    return np.full(1 << bits, -1, np.int64), np.empty(1 << bits, np.int64), bits
+    cap = max(16, m + m // 2 + 2)
+    return np.full(cap, -1, np.int64), np.empty(cap, np.int32), cap
 
 
 @njit(cache=True, inline="always")
-def _map_slot(keys, bits, k):  # pragma: no cover - compiled
+def _map_home(k, cap):  # pragma: no cover - compiled
+    return np.int64((((np.uint64(k) * _GOLDEN) >> np.uint64(32)) * np.uint64(cap))
+                    >> np.uint64(32))
+
+
+@njit(cache=True, inline="always")
+def _map_slot(keys, cap, k):  # pragma: no cover - compiled
     """The slot holding ``k``, or the empty slot where it would go."""
-    mask = (1 << bits) - 1
-    i = np.int64((np.uint64(k) * _GOLDEN) >> np.uint64(64 - bits))
+    i = _map_home(k, cap)
     while keys[i] != -1 and keys[i] != k:
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
     return i
 
 
 @njit(cache=True)
-def _map_del(keys, vals, bits, i):  # pragma: no cover - compiled
+def _map_del(keys, vals, cap, i):  # pragma: no cover - compiled
     """Empty slot ``i``, shifting back the entries that probed past it."""
-    mask = (1 << bits) - 1
     j = i
     while True:
-        j = (j + 1) & mask
+        j += 1
+        if j == cap:
+            j = 0
         if keys[j] == -1:
             break
-        h = np.int64((np.uint64(keys[j]) * _GOLDEN) >> np.uint64(64 - bits))
-        if (j - h) & mask >= (j - i) & mask:
+        h = _map_home(keys[j], cap)
+        if (j - h) % cap >= (j - i) % cap:
             keys[i] = keys[j]
             vals[i] = vals[j]
             i = j
@@ -259,6 +266,7 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
 
     Returns (root, tainted, final value, residual-edge mask, the edge arrays A, B, wmax, wsum,
     wcnt and the segment arrays hist, size, key as merged, and the merges (o, r, value, size)).
+    ``ea`` and ``eb`` become A and B (changed in place); the other inputs are not changed.
     """
     n = size.size
     m = ea.size
@@ -267,17 +275,20 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
     hist = hist.copy()
     parent = np.arange(n)
     tainted = frozen.copy()
-    A = ea.copy()
-    B = eb.copy()
+    A = ea
+    B = eb
     wmax = wmax.copy()
-    wsum = wsum.copy()
-    wcnt = wcnt.copy()
+    mean = mode == MODE_MEAN
+    if mean:  # single linkage neither reads nor changes the sums and counts
+        wsum = wsum.copy()
+        wcnt = wcnt.copy()
     alive = np.ones(m, np.bool_)
     rejected = np.zeros(m, np.bool_)
-    # A rejected edge is queued again when its survivor merges. With single linkage and
-    # nothing tainted that is moot: sizes only grow, so it is rejected again, and rejections
-    # matter only to tainting.
-    requeue = mode != MODE_SINGLE_LINKAGE or tainted.any()
+    # A rejected edge is queued again when its survivor merges. With single linkage that is
+    # moot: it was rejected because both sides had reached the size threshold, sizes only
+    # grow, so it would be rejected again; and single linkage never taints through a
+    # rejection. So only mean affinity keeps the lists of rejected edges.
+    requeue = mode != MODE_SINGLE_LINKAGE
     # Single-linkage weights only move between edges (a max): an edge holding a value no
     # other edge had is ordered by it alone, so its keys and taint may change unqueued.
     tie = np.ones(m, np.bool_)
@@ -289,15 +300,15 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
             if np.isnan(wmax[q[i]]) or (i and wmax[q[i]] == wmax[q[i - 1]]):
                 tie[q[i]] = tie[q[i - 1]] = True
     head = np.full(n, -1, np.int64)
-    nxt = np.empty(2 * m, np.int64)
-    rhead = np.full(n, -1, np.int64)
-    rprev = np.full(2 * m, -1, np.int64)
-    rnext = np.full(2 * m, -1, np.int64)
-    mkeys, mvals, mbits = _map_new(m)
+    nxt = np.empty(2 * m, np.int32)  # int32 indices: m < 2**30 (checked by the caller)
+    rhead = np.full(n if requeue else 0, -1, np.int64)
+    rprev = np.full(2 * m if requeue else 0, -1, np.int64)
+    rnext = np.full(2 * m if requeue else 0, -1, np.int64)
+    mkeys, mvals, mcap = _map_new(m)
     for e in range(m):
         lo, hi = (A[e], B[e]) if A[e] < B[e] else (B[e], A[e])
         A[e], B[e] = lo, hi
-        i = _map_slot(mkeys, mbits, lo * n + hi)
+        i = _map_slot(mkeys, mcap, lo * n + hi)
         mkeys[i] = lo * n + hi
         mvals[i] = e
         nxt[2 * e] = head[lo]
@@ -305,7 +316,7 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
         nxt[2 * e + 1] = head[hi]
         head[hi] = 2 * e + 1
     H = np.empty((m, 5), np.int64)
-    pos = np.full(m, -1, np.int64)
+    pos = np.full(m, -1, np.int32)
     hn = 0
     for e in range(m):
         v = _value(mode, e, wmax, wsum, wcnt)
@@ -372,7 +383,7 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
         out[nm, 0], out[nm, 1], out[nm, 2], out[nm, 3] = o, r, val, size[r]
         nm += 1
         alive[e] = False
-        _map_del(mkeys, mvals, mbits, _map_slot(mkeys, mbits, A[e] * n + B[e]))
+        _map_del(mkeys, mvals, mcap, _map_slot(mkeys, mcap, A[e] * n + B[e]))
         s = head[o]
         while s >= 0:
             f = s >> 1
@@ -382,18 +393,19 @@ def resolve_dense(size, key, frozen, hist, ea, eb, wmax, wsum, wcnt, mode, thres
                 if was_rejected and requeue:
                     _unreject(f, A, B, rejected, rhead, rprev, rnext)
                 c = B[f] if A[f] == o else A[f]
-                _map_del(mkeys, mvals, mbits, _map_slot(mkeys, mbits, A[f] * n + B[f]))
+                _map_del(mkeys, mvals, mcap, _map_slot(mkeys, mcap, A[f] * n + B[f]))
                 lo, hi = (r, c) if r < c else (c, r)
                 k = lo * n + hi
-                i = _map_slot(mkeys, mbits, k)
+                i = _map_slot(mkeys, mcap, k)
                 if mkeys[i] == k:
                     g = mvals[i]
                     old = wmax[g]
                     wmax[g] = max(wmax[g], wmax[f])
                     if wmax[g] != old:  # g holds f's value now (or NaN)
                         tie[g] |= tie[f]
-                    wsum[g] += wsum[f]
-                    wcnt[g] += wcnt[f]
+                    if mean:
+                        wsum[g] += wsum[f]
+                        wcnt[g] += wcnt[f]
                     alive[f] = False
                     hn = _remove(H, pos, hn, f)
                     if rejected[g] and requeue:

@@ -350,19 +350,20 @@ def single_linkage_dense(size, key, hist, ea, eb, wmax, threshold, size_thr,
 
 
 @dataclass
-class ChunkResult:
-    """An atomic chunk's basins (global ids), its resolution, and its face planes."""
+class Basins:
+    """An atomic chunk's basins (global ids): labels, segment table, region graph, faces."""
 
     labels: np.ndarray
-    resolution: Resolution
+    segments: Segments
+    edges: Edges
     faces: dict[str, np.ndarray]
 
 
-def watershed_chunk(aff_padded: np.ndarray, origin: tuple[int, int, int], shape: tuple[int, ...],
-                    id_offset: int, run_start: tuple[int, ...], run_shape: tuple[int, ...],
-                    node_lo: np.ndarray, node_hi: np.ndarray, volume_faces: tuple[bool, ...],
-                    params: WatershedParams) -> ChunkResult:
-    """The level-0 step of one atomic chunk.
+def watershed_basins(aff_padded: np.ndarray, origin: tuple[int, int, int],
+                     shape: tuple[int, ...], id_offset: int, run_start: tuple[int, ...],
+                     run_shape: tuple[int, ...], params: WatershedParams) -> Basins:
+    """The first half of an atomic chunk's level-0 step: steepest ascent, basins, the max
+    region graph and the face planes (the affinities are not needed after it).
 
     ``aff_padded`` covers the chunk (``origin``, ``shape``) grown by :data:`MARGIN` on every
     side; outside the run it is 0, and channel c is 0 on the run's first plane along c. Basin
@@ -377,6 +378,7 @@ def watershed_chunk(aff_padded: np.ndarray, origin: tuple[int, int, int], shape:
     labels, size, key, slo, shi = _basin_labels(
         cc, kept, m, int(cc.max()) if cc.size else 0, np.array(origin, np.int64),
         np.array(run_start, np.int64), np.array(run_shape, np.int64), int(id_offset))
+    del graph, cc  # the chunk's peak memory comes later, in the region graph and resolve
     n = len(size)
     seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + np.uint64(id_offset), size, key,
                    slo, shi, np.zeros((n, 0), np.int64))
@@ -384,9 +386,15 @@ def watershed_chunk(aff_padded: np.ndarray, origin: tuple[int, int, int], shape:
     pairs, weights = region_graph(own_aff, labels)
     edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32, copy=False),
                   np.zeros(len(weights), np.int64), np.zeros(len(weights), np.int64))
-    frozen = frozen_mask(seg, node_lo, node_hi, volume_faces)
-    res = resolve(seg, edges, frozen, params.resolve_params())
-    return ChunkResult(labels, res, _faces(labels, kept, aff_padded, shape))
+    return Basins(labels, seg, edges, _faces(labels, kept, aff_padded, shape))
+
+
+def resolve_basins(basins: Basins, node_lo: np.ndarray, node_hi: np.ndarray,
+                   volume_faces: tuple[bool, ...], params: WatershedParams) -> Resolution:
+    """The second half: single linkage and dust on what the chunk can decide alone (segments
+    on faces inside the run are frozen for the parent)."""
+    frozen = frozen_mask(basins.segments, node_lo, node_hi, volume_faces)
+    return resolve(basins.segments, basins.edges, frozen, params.resolve_params())
 
 
 def _faces(labels: np.ndarray, kept: np.ndarray, aff: np.ndarray,

@@ -12,7 +12,13 @@ import numpy as np
 from pipeline.geometry import Bbox, OctreeNode, Vec
 from pipeline.octree_jobs import Layout, MemoryStore, Store
 from pipeline.regiongraph import Edges, Resolution, node_step, remap
-from pipeline.watershed.chunked import MARGIN, WatershedParams, stitch_face, watershed_chunk
+from pipeline.watershed.chunked import (
+    MARGIN,
+    WatershedParams,
+    resolve_basins,
+    stitch_face,
+    watershed_basins,
+)
 
 
 def prepare_affinity(block: np.ndarray, block_start: Vec, run_start: Vec,
@@ -40,15 +46,22 @@ def check_finite(block: np.ndarray, where: str) -> None:
 
 def chunk_job(store: Store, layout: Layout, coord: Vec, aff_padded: np.ndarray,
               params: WatershedParams) -> None:
-    """Level 0 of one atomic chunk; ``aff_padded`` is its box grown by MARGIN (see tasks)."""
+    """Level 0 of one atomic chunk; ``aff_padded`` is its box grown by MARGIN (see tasks).
+
+    Pass the array without keeping a reference (``chunk_job(..., read(...), ...)``): it is
+    dropped, with the supervoxel labels once stored, before the memory-hungry resolve.
+    """
     box = layout.grid.chunk(coord)
     node = OctreeNode(0, coord)
     lo, hi, faces = layout.node_geometry(node)
-    result = watershed_chunk(aff_padded, box.start, box.shape, layout.id_offset(coord),
-                             layout.bbox.start, layout.bbox.shape, lo, hi, faces, params)
-    store.put(f"ws/labels/{node.tag}", {"labels": result.labels})
-    store.put(f"ws/faces/{node.tag}", result.faces)
-    store.put(f"ws/nodes/{node.tag}", result.resolution.arrays())
+    basins = watershed_basins(aff_padded, box.start, box.shape, layout.id_offset(coord),
+                              layout.bbox.start, layout.bbox.shape, params)
+    del aff_padded
+    store.put(f"ws/labels/{node.tag}", {"labels": basins.labels})
+    store.put(f"ws/faces/{node.tag}", basins.faces)
+    basins.labels = basins.faces = None
+    resolution = resolve_basins(basins, lo, hi, faces, params)
+    store.put(f"ws/nodes/{node.tag}", resolution.arrays())
 
 
 def face_job(store: Store, layout: Layout, coord: Vec) -> None:
@@ -108,9 +121,9 @@ def watershed_octree(aff: np.ndarray, chunk_size: Vec, params: WatershedParams,
     grid, tree = layout.grid, layout.octree
     for coord in grid.coords():
         box = grid.chunk(coord)
-        block = prepare_affinity(padded_block(aff, run, box, MARGIN),
-                                 box.grow(MARGIN).start, run.start, copy=False)
-        chunk_job(store, layout, coord, block, params)
+        chunk_job(store, layout, coord, prepare_affinity(
+            padded_block(aff, run, box, MARGIN), box.grow(MARGIN).start, run.start, copy=False),
+                  params)
     for coord in grid.coords():
         face_job(store, layout, coord)
     for level in range(1, tree.n_levels):

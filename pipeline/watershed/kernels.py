@@ -33,7 +33,7 @@ def _boundary_buckets(aff, labels, n, count, fill):  # pragma: no cover - compil
     pair along z fold into one entry (keeping the max): shorter lists, the same result."""
     X, Y, Z = labels.shape
     counts = np.zeros(n + 2 if count else 0, dtype=np.int64)
-    his = np.empty(0 if count else fill[n + 1], dtype=np.int64)
+    his = np.empty(0 if count else fill[n + 1], dtype=np.int32)  # dense ids < 2**31
     vals = np.empty(his.size, dtype=np.float32)
     last = np.full((3, 3), -1, dtype=np.int64)  # per channel: lo, hi, entry of its last pair
     for x in range(X):
@@ -57,7 +57,7 @@ def _boundary_buckets(aff, labels, n, count, fill):  # pragma: no cover - compil
                     else:
                         k = fill[lo]
                         fill[lo] = k + 1
-                        his[k], vals[k] = hi, aff[x, y, z, c]
+                        his[k], vals[k] = np.int32(hi), aff[x, y, z, c]
                         last[c, 0], last[c, 1], last[c, 2] = lo, hi, k
     return counts, his, vals
 
@@ -74,7 +74,7 @@ def _bucket_max(start, bh, bw, n):  # pragma: no cover - compiled
             owner[bh[j]] = k
     owner[:] = -1
     slot = np.empty(n + 1, dtype=np.int64)
-    ulo, uhi, uw = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float32)
+    ulo, uhi, uw = np.empty(m, np.int32), np.empty(m, np.int32), np.empty(m, np.float32)
     m = 0
     for k in range(n + 1):
         first = m
@@ -82,7 +82,7 @@ def _bucket_max(start, bh, bw, n):  # pragma: no cover - compiled
             h = bh[j]
             if owner[h] != k:
                 owner[h], slot[h] = k, m
-                ulo[m], uhi[m], uw[m] = k, h, bw[j]
+                ulo[m], uhi[m], uw[m] = np.int32(k), h, bw[j]
                 m += 1
             else:
                 uw[slot[h]] = max(uw[slot[h]], bw[j])
@@ -162,6 +162,8 @@ def region_graph(aff: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise ValueError("labels must be non-negative")
     dense, inverse = _dense_order_preserving(labels)
+    if inverse.size > np.iinfo(np.int32).max:
+        raise ValueError(f"{inverse.size - 1} segments in one block; at most 2**31 - 2")
     edges, weights = _max_per_pair(aff, dense, inverse.size - 1)
     same = np.array_equal(inverse, np.arange(inverse.size, dtype=np.uint64))
     return (edges if same else inverse[edges]), weights

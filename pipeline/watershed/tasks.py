@@ -25,8 +25,8 @@ def ws_chunk(conf: dict, coord: list[int]) -> None:
     config = load_config(conf)
     lay = io.layout(config)
     box = lay.grid.chunk(tuple(coord))
-    aff = io.read_affinity(config, box, MARGIN)
-    jobs.chunk_job(io.store(config), lay, tuple(coord), aff, params_of(config))
+    jobs.chunk_job(io.store(config), lay, tuple(coord), io.read_affinity(config, box, MARGIN),
+                   params_of(config))  # no reference kept here: freed before the resolve
 
 
 @queueable
