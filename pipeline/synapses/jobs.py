@@ -95,7 +95,10 @@ def cleft_labels(store: Store, coord: Vec, final: bool,
         fin = store.get("syn/final")
         lut[1:] = apply_map(lut[1:], (fin["from"], fin["to"]))
     labels = np.ascontiguousarray(m["labels"])
-    out = np.empty(labels.shape, np.uint64) if out is None else out
+    if out is None:
+        out = np.zeros(labels.shape, np.uint64)
+    else:
+        out[...] = 0
     return kernels.relabel(lut, labels, out)
 
 

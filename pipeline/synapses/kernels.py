@@ -49,14 +49,15 @@ def linear_index(coords: np.ndarray, run_start: np.ndarray, run_shape: np.ndarra
     return rel[:, 0] + run_shape[0] * (rel[:, 1] + run_shape[1] * rel[:, 2])
 
 
+_BLOCK = 32  # voxels tested at once for any foreground (clefts are sparse)
+
+
 @njit(cache=True)
-def _chunk_stats(local, prob, threshold, origin, run_start, run_shape,
-                 offsets):  # pragma: no cover
-    """One pass over a labelled chunk: per-component stats, boundary voxels and links."""
+def _chunk_stats(local, n, prob, threshold, origin, run_start, run_shape,
+                 offsets):  # pragma: no cover - compiled
+    """One pass over a C-ordered chunk labelled 1..n: per-component stats, boundary voxels
+    and links. Runs of background are skipped a block at a time."""
     X, Y, Z = local.shape
-    n = 0
-    for v in local.ravel():
-        n = max(n, v)
     size = np.zeros(n, np.int64)
     sums = np.zeros((n, 3), np.int64)
     lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
@@ -69,42 +70,50 @@ def _chunk_stats(local, prob, threshold, origin, run_start, run_shape,
     l_pos = np.empty(cap * len(offsets), np.int64)
     nb = 0
     nl = 0
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                c = np.int64(local[x, y, z]) - 1
-                if c < 0:
+    flat = local.ravel()
+    for start in range(0, flat.size, _BLOCK):
+        stop = min(start + _BLOCK, flat.size)
+        any_ = 0
+        for i in range(start, stop):
+            any_ |= flat[i]
+        if any_ == 0:
+            continue
+        for i in range(start, stop):
+            c = np.int64(flat[i]) - 1
+            if c < 0:
+                continue
+            x, yz = divmod(i, Y * Z)
+            y, z = divmod(yz, Z)
+            gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
+            lin = (gx - run_start[0]) + run_shape[0] * (
+                (gy - run_start[1]) + run_shape[1] * (gz - run_start[2]))
+            size[c] += 1
+            sums[c, 0] += gx
+            sums[c, 1] += gy
+            sums[c, 2] += gz
+            if lin < key[c]:
+                key[c] = lin
+            lo[c, 0] = min(lo[c, 0], gx)
+            lo[c, 1] = min(lo[c, 1], gy)
+            lo[c, 2] = min(lo[c, 2], gz)
+            hi[c, 0] = max(hi[c, 0], gx)
+            hi[c, 1] = max(hi[c, 1], gy)
+            hi[c, 2] = max(hi[c, 2], gz)
+            if 0 < x < X - 1 and 0 < y < Y - 1 and 0 < z < Z - 1:
+                continue
+            b_pos[nb] = lin
+            b_comp[nb] = c
+            nb += 1
+            for k in range(offsets.shape[0]):
+                ux, uy, uz = x + offsets[k, 0], y + offsets[k, 1], z + offsets[k, 2]
+                if 0 <= ux < X and 0 <= uy < Y and 0 <= uz < Z:
                     continue
-                gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
-                lin = (gx - run_start[0]) + run_shape[0] * (
-                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2]))
-                size[c] += 1
-                sums[c, 0] += gx
-                sums[c, 1] += gy
-                sums[c, 2] += gz
-                if lin < key[c]:
-                    key[c] = lin
-                lo[c, 0] = min(lo[c, 0], gx)
-                lo[c, 1] = min(lo[c, 1], gy)
-                lo[c, 2] = min(lo[c, 2], gz)
-                hi[c, 0] = max(hi[c, 0], gx)
-                hi[c, 1] = max(hi[c, 1], gy)
-                hi[c, 2] = max(hi[c, 2], gz)
-                if 0 < x < X - 1 and 0 < y < Y - 1 and 0 < z < Z - 1:
+                if not prob[ux + 1, uy + 1, uz + 1] > threshold:
                     continue
-                b_pos[nb] = lin
-                b_comp[nb] = c
-                nb += 1
-                for k in range(offsets.shape[0]):
-                    ux, uy, uz = x + offsets[k, 0], y + offsets[k, 1], z + offsets[k, 2]
-                    if 0 <= ux < X and 0 <= uy < Y and 0 <= uz < Z:
-                        continue
-                    if not prob[ux + 1, uy + 1, uz + 1] > threshold:
-                        continue
-                    l_comp[nl] = c
-                    l_pos[nl] = lin + offsets[k, 0] + run_shape[0] * (
-                        offsets[k, 1] + run_shape[1] * offsets[k, 2])
-                    nl += 1
+                l_comp[nl] = c
+                l_pos[nl] = lin + offsets[k, 0] + run_shape[0] * (
+                    offsets[k, 1] + run_shape[1] * offsets[k, 2])
+                nl += 1
     return size, sums, lo, hi, key, b_pos[:nb], b_comp[:nb], l_comp[:nl], l_pos[:nl]
 
 
@@ -117,11 +126,13 @@ def label_chunk(prob_padded: np.ndarray, threshold: float, connectivity: int,
     ``labels`` are the dense local labels (1..n, the smallest unsigned dtype); the chunk's ids are
     ``id_offset + 1..n``.
     """
-    own = prob_padded[1:-1, 1:-1, 1:-1] > threshold  # a new, contiguous array
-    local = cc3d.connected_components(own, connectivity=connectivity)  # smallest dtype
+    own = prob_padded[1:-1, 1:-1, 1:-1] > threshold  # a new, C-contiguous array
+    local, n = cc3d.connected_components(own, connectivity=connectivity,
+                                         return_N=True)  # smallest dtype, C order
     offsets = np.array(CONNECTIVITY_OFFSETS[connectivity], np.int64) - 1
     size, sums, lo, hi, key, b_pos, b_comp, l_comp, l_pos = _chunk_stats(
-        local, prob_padded, prob_padded.dtype.type(threshold), origin.astype(np.int64),
+        np.ascontiguousarray(local), int(n), prob_padded, prob_padded.dtype.type(threshold),
+        origin.astype(np.int64),
         run_start.astype(np.int64), run_shape.astype(np.int64), offsets)
     ids = np.arange(1, len(size) + 1, dtype=np.uint64) + np.uint64(id_offset)
     return ChunkClefts(local, ids, size, sums, lo, hi, key.astype(np.uint64), b_pos,
@@ -130,10 +141,21 @@ def label_chunk(prob_padded: np.ndarray, threshold: float, connectivity: int,
 
 @njit(cache=True)
 def relabel(lut, labels, out):  # pragma: no cover - compiled
-    """``out[i] = lut[labels[i]]`` for every voxel (no temporaries; both C-contiguous)."""
+    """``out[i] = lut[labels[i]]`` for every nonzero label; ``out`` must hold 0 elsewhere
+    (as a fresh ``np.zeros`` does: clefts are sparse, so most of its pages are never written).
+    No temporaries; both C-contiguous."""
     flat, dst = labels.ravel(), out.ravel()
-    for i in range(flat.size):
-        dst[i] = lut[flat[i]]
+    for start in range(0, flat.size, _BLOCK):
+        stop = min(start + _BLOCK, flat.size)
+        any_ = 0
+        for i in range(start, stop):
+            any_ |= flat[i]
+        if any_ == 0:
+            continue
+        for i in range(start, stop):
+            v = flat[i]
+            if v:
+                dst[i] = lut[v]
     return out
 
 
