@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint infra clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -21,7 +21,19 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+# What the Docker + Kubernetes tier (tests/e2e/kubernetes) needs, cached outside the repo under
+# $${PETARECON_CACHE:-~/.cache/petarecon}: system packages (only missing ones), the Kubernetes
+# binaries (built once, ~20 min on 2 cores), the local base image and the worker/airflow
+# images (layer cache). The Docker engine is stopped again afterwards; the tier starts its own.
+infra: setup
+	tests/infra/install.sh
+	k8s/local/build.sh
+	eval "$$(docker/engine.sh start)" && export DOCKER_HOST \
+	  && docker/base-image.sh petarecon-base:bookworm \
+	  && PETARECON_GPU_BASE=petarecon-base:bookworm docker/build.sh petarecon-base:bookworm; \
+	  status=$$?; docker/engine.sh stop; exit $$status
+
+test: lint infra
 	$(VENV)/bin/python -m pytest
 
 clean:

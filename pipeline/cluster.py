@@ -14,11 +14,27 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
 
 from pipeline.config import RunConfig, local_path
+
+
+@dataclass(frozen=True)
+class OOMKill:
+    """One worker killed by the kernel for exceeding its memory limit."""
+
+    pod: str
+    container: str
+    finished_at: datetime | None
+    memory_limit: str | None = None
+
+    def __str__(self) -> str:
+        limit = f" (memory limit {self.memory_limit})" if self.memory_limit else ""
+        return f"pod {self.pod} container {self.container} OOMKilled{limit}"
 
 
 class Cluster(ABC):
@@ -33,6 +49,12 @@ class Cluster(ABC):
     @abstractmethod
     def size(self) -> int:
         """Workers currently running."""
+
+    def oom_kills(self, since: datetime) -> list[OOMKill]:
+        """Workers of this pool OOMKilled at or after ``since`` (each kill once per call).
+
+        Backends that cannot tell return [] (LocalCluster: a killed process just dies)."""
+        return []
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Scale to zero and wait until no worker runs (at most ``timeout`` seconds)."""
@@ -61,10 +83,13 @@ class LocalCluster(Cluster):
         self.max_attempts = max_attempts
         self.env = env
 
-    def pids(self) -> list[int]:
-        """Pids of running workers of this pool, oldest first; stale pid files are removed."""
+    def pids(self, draining: bool = False) -> list[int]:
+        """Pids of this pool's running workers, oldest first: those that take tasks (pid
+        files ``*.pid``), or with ``draining`` those told to stop (``*.draining``). Stale
+        files are removed."""
         alive = []
-        for f in sorted(self.dir.glob("*.pid"), key=lambda p: (p.stat().st_mtime, p.name)):
+        files = self.dir.glob("*.draining" if draining else "*.pid")
+        for f in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
             pid = int(f.stem)
             if _is_worker(pid):
                 alive.append(pid)
@@ -73,9 +98,12 @@ class LocalCluster(Cluster):
         return alive
 
     def size(self) -> int:
-        return len(self.pids())
+        """Running workers, including those finishing their last task after a scale-down."""
+        return len(self.pids()) + len(self.pids(draining=True))
 
     def scale(self, n: int) -> int:
+        """Start or stop workers so that ``n`` take tasks; draining ones don't count, so a
+        scale-up right after a scale-down starts new workers."""
         target = max(0, n if self.max_workers is None else min(n, self.max_workers))
         pids = self.pids()
         for _ in range(target - len(pids)):
@@ -86,10 +114,14 @@ class LocalCluster(Cluster):
 
     def stop(self, pid: int, sig: int = signal.SIGTERM) -> None:
         """Signal one worker (SIGTERM drains it; SIGKILL kills it mid-task)."""
+        pid_file = self.dir / f"{pid}.pid"
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         if sig == signal.SIGKILL:
-            (self.dir / f"{pid}.pid").unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.rename(self.dir / f"{pid}.draining")
 
     def _spawn(self) -> int:
         cmd = [sys.executable, "-m", "workers", self.queue_url,
