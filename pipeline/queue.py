@@ -3,6 +3,11 @@
 A *wave* is a set of independent tasks (python-task-queue ``@queueable`` functions or igneous
 ``RegisteredTask`` objects) put on the run's queue at once. The queue is any taskqueue URL:
 ``fq://`` on one machine, ``sqs://`` or ``pubsub://`` in the cloud.
+
+How a wave's progress is counted depends on the queue. ``fq://`` and ``sqs://`` count the
+tasks left on the queue. Pub/Sub cannot count a subscription's messages, so on ``pubsub://``
+the worker writes a completion record per task after the task's output is written
+(:class:`Completions`), and :func:`wait_for_wave` counts the records of the wave's tasks.
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from cloudfiles import CloudFiles
 from taskqueue import TaskQueue
+
+from pipeline.queue_pubsub import PubSubQueue, QueueUnreachable, decode_task, encode_task
+
+Queue = TaskQueue | PubSubQueue
 
 log = logging.getLogger("petarecon.queue")
 
@@ -27,9 +36,34 @@ class WaveFailed(RuntimeError):
     """A wave cannot finish: a task was dead-lettered, or no worker is running."""
 
 
-def open_queue(url: str) -> TaskQueue:
-    """A TaskQueue client for ``url`` with progress bars off."""
+def is_pubsub(url: str) -> bool:
+    """True for ``pubsub://`` queue URLs."""
+    return url.startswith("pubsub://")
+
+
+def open_queue(url: str) -> Queue:
+    """A client for queue ``url``: a TaskQueue with progress bars off, or for ``pubsub://`` a
+    :class:`~pipeline.queue_pubsub.PubSubQueue`, which creates the topic and subscription if
+    missing. Raise :class:`QueueUnreachable` (one line) when the service cannot be used."""
+    if is_pubsub(url):
+        return PubSubQueue(url)
     return TaskQueue(url, green=False, progress=False)
+
+
+def check_queue(url: str) -> None:
+    """Make sure queue ``url`` can be used now: its service answers, and a cloud queue exists
+    (``pubsub://`` topics and subscriptions are created). Raise :class:`QueueUnreachable` with a
+    one-line message otherwise, after at most a few seconds' wait."""
+    if url.startswith("fq://"):
+        return
+    if is_pubsub(url):
+        open_queue(url)
+        return
+    try:
+        open_queue(url).enqueued  # noqa: B018  (the call is the check)
+    except Exception as e:
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise QueueUnreachable(f"{url}: cannot use the queue: {first}") from None
 
 
 def task_payload(task: Any) -> Any:
@@ -88,6 +122,47 @@ class DeadLetters:
         self.cf.delete(list(self.cf.list()))
 
 
+class Completions:
+    """Completion records of tasks, ``<cloudpath>/<task key>``, one per task whose output is
+    written. Workers write them on ``pubsub://`` queues; :func:`wait_for_wave` counts them.
+    A record stays valid across redeliveries: tasks are idempotent."""
+
+    def __init__(self, cloudpath: str) -> None:
+        self.path = cloudpath
+        self.cf = CloudFiles(cloudpath)
+
+    @classmethod
+    def for_dead_letters(cls, dead_letter_path: str) -> Completions:
+        """The records kept beside a run's dead letters (cleared with them at a run's start)."""
+        return cls(f"{dead_letter_path.rstrip('/')}/done")
+
+    def mark(self, task: Any) -> None:
+        """Record that ``task`` has finished and its output is written."""
+        self.cf.put(task_key(task), b"", compress=None)
+
+    def done(self) -> set[str]:
+        """Keys of every recorded task."""
+        return set(self.cf.list())
+
+    def count(self, keys: Sequence[str]) -> int:
+        """How many of ``keys`` (with repeats) have a record."""
+        done = self.done()
+        return sum(1 for k in keys if k in done)
+
+
+class Enqueued(int):
+    """The number of tasks :func:`enqueue_wave` inserted. On ``pubsub://`` queues it also
+    carries ``keys``, the wave's task keys, which :func:`wait_for_wave` needs to count progress
+    there; pass it on as ``total``."""
+
+    keys: tuple[str, ...] | None
+
+    def __new__(cls, n: int, keys: Sequence[str] | None = None) -> Enqueued:
+        obj = super().__new__(cls, n)
+        obj.keys = None if keys is None else tuple(keys)
+        return obj
+
+
 @dataclass
 class WaveProgress:
     """A snapshot of a wave: ``done`` of ``total`` tasks after ``elapsed`` seconds."""
@@ -130,41 +205,58 @@ def default_reporter(wave: str) -> Reporter:
     return log_reporter()
 
 
-_reporter_factory: Callable[[str], Reporter] = default_reporter
+_factory: Callable[[str], Reporter] = default_reporter
 
 
 def use_reporter(factory: Callable[[str], Reporter]) -> None:
     """Make ``factory(wave)`` the reporter of waves that are given none (e.g. rich bars)."""
-    global _reporter_factory
-    _reporter_factory = factory
+    global _factory
+    _factory = factory
 
 
-def enqueue_wave(queue_url: str, tasks: Iterable[Any], total: int | None = None) -> int:
-    """Put ``tasks`` on the queue; return how many were inserted."""
+def reporter_for(wave: str) -> Reporter:
+    """The reporter a wave without its own gets (see :func:`use_reporter`)."""
+    return _factory(wave)
+
+
+def enqueue_wave(queue_url: str, tasks: Iterable[Any], total: int | None = None) -> Enqueued:
+    """Put ``tasks`` on the queue; return how many were inserted (an int; on ``pubsub://`` it
+    also carries the tasks' keys, see :class:`Enqueued`)."""
     tasks = list(tasks)
     if not tasks:
-        return 0
+        return Enqueued(0, [] if is_pubsub(queue_url) else None)
     tq = open_queue(queue_url)
+    if isinstance(tq, PubSubQueue):
+        bodies = [encode_task(t) for t in tasks]
+        # keys of the decoded bodies: exactly what a worker computes for the delivered task
+        keys = [task_key(decode_task(b)) for b in bodies]
+        tq.insert_bodies(bodies)
+        return Enqueued(len(bodies), keys)
     tq.insert(tasks, total=len(tasks) if total is None else total)
-    return len(tasks)
+    return Enqueued(len(tasks))
 
 
 def wait_for_wave(queue_url: str, wave: str, total: int, dead_letters: DeadLetters,
                   reporter: Reporter | None = None, poll: float = 0.5,
                   alive: Callable[[], int] | None = None, no_worker_grace: float = 60.0,
-                  timeout: float | None = None) -> WaveProgress:
-    """Block until the queue is empty, reporting progress; return the final progress.
+                  timeout: float | None = None,
+                  keys: Sequence[str] | None = None) -> WaveProgress:
+    """Block until the wave is done, reporting progress; return the final progress.
+
+    Done means: the queue is empty (``fq://``, ``sqs://``), or every one of the wave's tasks
+    has a completion record (``pubsub://``; the wave's ``keys`` come from ``keys`` or from the
+    :class:`Enqueued` that :func:`enqueue_wave` returned, passed as ``total``).
 
     Raise :class:`WaveFailed` as soon as a dead letter appears (naming the task and its error),
     when ``alive()`` reports no workers for ``no_worker_grace`` seconds while tasks remain, or
     after ``timeout`` seconds.
     """
-    tq = open_queue(queue_url)
-    reporter = reporter or _reporter_factory(wave)
+    remaining_now = _remaining_counter(queue_url, total, dead_letters, keys)
+    reporter = reporter or reporter_for(wave)
     start = time.monotonic()
     idle_since: float | None = None
     while True:
-        remaining = tq.enqueued
+        remaining = remaining_now()
         progress = WaveProgress(wave, max(0, total - remaining), total, time.monotonic() - start)
         reporter(progress)
         dead = dead_letters.list()
@@ -187,3 +279,20 @@ def wait_for_wave(queue_url: str, wave: str, total: int, dead_letters: DeadLette
             raise WaveFailed(f"wave {wave}: not drained after {timeout:.0f} s "
                              f"({remaining} task(s) left)")
         time.sleep(poll)
+
+
+def _remaining_counter(queue_url: str, total: int, dead_letters: DeadLetters,
+                       keys: Sequence[str] | None) -> Callable[[], int]:
+    """A function returning how many of the wave's tasks are not done yet."""
+    if not is_pubsub(queue_url):
+        tq = open_queue(queue_url)
+        return lambda: tq.enqueued
+    keys = keys if keys is not None else getattr(total, "keys", None)
+    if keys is None:
+        raise ValueError(f"wait_for_wave on {queue_url}: Pub/Sub cannot count queued tasks; "
+                         "pass the wave's task keys (keys=, or the value enqueue_wave returned "
+                         "as total)")
+    if len(keys) != total:
+        raise ValueError(f"wait_for_wave: {len(keys)} task keys for a wave of {total} tasks")
+    records = Completions.for_dead_letters(dead_letters.path)
+    return lambda: len(keys) - records.count(keys)

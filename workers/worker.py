@@ -3,6 +3,10 @@
 A task is deleted from the queue only after it has returned, i.e. after its output is written.
 A worker that dies mid-task leaves the task leased; it becomes visible again when the lease
 expires and another worker runs it. Tasks are idempotent, so that rerun is harmless.
+
+On ``pubsub://`` queues a lease is the message's ack deadline and deleting is acknowledging.
+Pub/Sub cannot count what is left, so there the worker also writes a completion record per task
+(after its output, before the ack) that the wave's waiter counts.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from typing import Any
 
 from taskqueue import QueueEmptyError
 
-from pipeline.queue import DeadLetters, open_queue, task_key
+from pipeline.queue import (
+    Completions,
+    DeadLetters,
+    QueueUnreachable,
+    is_pubsub,
+    open_queue,
+    task_key,
+)
 
 log = logging.getLogger("petarecon.worker")
 
@@ -28,14 +39,20 @@ class Worker:
 
     ``max_attempts`` failures of the same task (counted across all workers, under
     ``dead_letter``) move it to the dead letters and delete it from the queue. A failed attempt
-    below that count is released again after ``retry_delay`` seconds.
+    below that count is released again after ``retry_delay`` seconds. While the queue's
+    service is unreachable the worker retries; after ``give_up`` seconds of it, it stops with
+    :class:`~pipeline.queue.QueueUnreachable`.
     """
 
     def __init__(self, queue_url: str, dead_letter: str, lease_seconds: int = 600,
-                 max_attempts: int = 3, retry_delay: int = 1, poll: float = 0.5) -> None:
+                 max_attempts: int = 3, retry_delay: int = 1, poll: float = 0.5,
+                 give_up: float = 300.0) -> None:
         self.queue_url = queue_url
         self.tq = open_queue(queue_url)
         self.dead = DeadLetters(dead_letter)
+        self.completions = (Completions.for_dead_letters(dead_letter)
+                            if is_pubsub(queue_url) else None)
+        self.give_up = give_up
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
@@ -56,11 +73,21 @@ class Worker:
         """Run tasks until stopped, ``max_tasks`` have run, or the queue stayed empty for
         ``idle_exit`` seconds. Return the number of tasks run."""
         idle_since = time.monotonic()
+        unreachable_since: float | None = None
         while not self.stopping.is_set():
             if max_tasks is not None and self.executed >= max_tasks:
                 break
             try:
                 task = self.tq.lease(seconds=self.lease_seconds)
+                unreachable_since = None
+            except QueueUnreachable as e:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self.give_up:
+                    raise
+                log.warning("worker %d: %s; retrying", os.getpid(), e)
+                self.stopping.wait(max(self.poll, 2.0))
+                continue
             except QueueEmptyError:
                 if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
@@ -85,6 +112,8 @@ class Worker:
         finally:
             done.set()
             renewer.join()
+        if self.completions is not None:
+            self.completions.mark(task)
         self.tq.delete(task)
         if self.queue_url.startswith("fq://"):
             _drop_fq_leftovers(self.queue_url, task)

@@ -145,6 +145,25 @@ def test_sigterm_drains_after_current_task(setup):
     assert open_queue(queue).enqueued == 2, "the finished task was deleted, the rest remain"
 
 
+def test_scale_up_right_after_scale_down_starts_new_workers(setup):
+    """A worker still draining after a scale-down does not count toward the next scale-up."""
+    *_, make = setup
+    _, queue, _dead, cluster, marks = make("rescale")
+    enqueue_wave(queue, [partial(slow_tasks.sleeper, str(marks), "long", 5.0)])
+    cluster.scale(1)
+    deadline = time.monotonic() + 30
+    while not names(marks, "started") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (busy,) = cluster.pids()
+    cluster.scale(0)  # SIGTERM: it finishes its 5 s task first
+    assert cluster.pids() == [] and cluster.size() == 1, "draining, not taking tasks"
+    cluster.scale(1)
+    fresh = cluster.pids()
+    assert len(fresh) == 1 and fresh != [busy] and cluster.size() == 2
+    cluster.shutdown()
+    assert cluster.size() == 0
+
+
 def test_wave_fails_without_workers(setup):
     *_, make = setup
     _, queue, dead, cluster, marks = make("idle")
