@@ -29,8 +29,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.ingest.stacks import StackError
     from pipeline.queue import WaveFailed
     from pipeline.storage import LayerError
+    from pipeline.submit import AirflowError
 
-    return (*USER_ERRORS, StackError, LayerError, WaveFailed, DagRunFailed)
+    return (*USER_ERRORS, StackError, LayerError, WaveFailed, DagRunFailed, AirflowError)
 
 
 def friendly(fn):
@@ -60,10 +61,11 @@ def run(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")
         = None,
         verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False) -> None:
     """Run a DAG on the embedded default: Airflow in this process, local workers."""
+    from pipeline.chain import load
     from pipeline.runner import dag_for, run_embedded
 
     _logging(verbose)
-    cfg = load_config(config)
+    cfg = load(config)
     report = run_embedded(cfg, dag or dag_for(cfg), verbose)
     _print_report(report)
 
@@ -72,9 +74,10 @@ def run(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")
 @friendly
 def check(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")]) -> None:
     """Validate a run config against its data without writing anything."""
+    from pipeline.chain import load
     from pipeline.runner import dag_for, preflight
 
-    cfg = load_config(config)
+    cfg = load(config)
     cfg = preflight(cfg, dag_for(cfg))
     console.print(f"[green]ok[/]: run {cfg.name}, bbox {list(cfg.bbox or [])}")
 
@@ -205,14 +208,139 @@ def view(root: Annotated[Path, typer.Argument(help="folder holding precomputed l
 @friendly
 def demo(out: Annotated[Path, typer.Option(help="where the demo writes")] = Path("petarecon-data"),
          workers: Annotated[int, typer.Option()] = 2,
+         size: Annotated[str, typer.Option(help="default, or small (for tests)")] = "default",
          verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False) -> None:
-    """The demo: ingest the gala FIB-SEM cutout and a synthetic volume, then print how to view."""
-    from pipeline.demo import run_demo
+    """The demo: the whole reconstruction chain on synthetic EM (misaligned, with defects and
+    synapses) and on the gala FIB-SEM cutout; prints each run's report and URLs."""
+    import time
 
+    from pipeline.demo import SIZES, run_demo
+
+    if size not in SIZES:
+        raise ValueError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     _logging(verbose)
-    for report in run_demo(out, workers=workers, verbose=verbose):
+    t0 = time.monotonic()
+    for report in run_demo(out, workers=workers, size=size, verbose=verbose):
         _print_report(report)
-    console.print(f"\nView every layer in Neuroglancer:  [bold]petarecon view {out}[/]")
+    console.print(f"\ndemo done in {time.monotonic() - t0:.0f} s. Each report's Neuroglancer "
+                  "links open once its `petarecon view` command (printed above) runs.")
+
+@app.command()
+@friendly
+def submit(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")],
+           airflow: Annotated[str, typer.Option(help="Airflow API base URL, e.g. "
+                                                     "http://airflow:8080")],
+           user: Annotated[str | None, typer.Option(help="Airflow user (or "
+                                                         "$PETARECON_AIRFLOW_USER)")] = None,
+           password: Annotated[str | None, typer.Option(
+               help="password (prefer $PETARECON_AIRFLOW_PASSWORD)")] = None,
+           dag: Annotated[str | None, typer.Option(help="DAG (default: from the config)")]
+           = None,
+           run_id: Annotated[str | None, typer.Option(help="DAG run id")] = None) -> None:
+    """Submit a run to an Airflow deployment through its REST API v2 (JWT auth)."""
+    from pipeline.chain import load
+    from pipeline.runner import dag_for
+    from pipeline.submit import Airflow
+
+    cfg = load(config)
+    dag_id = dag or dag_for(cfg)
+    run = Airflow(airflow, user, password).trigger(dag_id, cfg.to_dict(), run_id)
+    print(json.dumps({"dag_id": dag_id, "dag_run_id": run["dag_run_id"],
+                      "state": run.get("state")}))
+
+
+@app.command()
+@friendly
+def status(run: Annotated[str, typer.Argument(help="the run's config file, output or "
+                                                   "scratch path")],
+           json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False
+           ) -> None:
+    """Stages, waves (done/total, ETA), failures and dead letters of a run."""
+    from rich.table import Table
+
+    from pipeline.status import resolve_scratch, run_status
+
+    st = run_status(resolve_scratch(run))
+    if json_out:
+        print(json.dumps(st, indent=2, default=str))
+        return
+    out = Console()
+    out.print(f"run [bold]{st['run']}[/] (DAG {st['dag']})"
+              + ("  [red]cancel requested[/]" if st["cancel_requested"] else ""))
+    if st["stages"]:
+        t = Table("stage", "state", "seconds", "note")
+        for s in st["stages"]:
+            t.add_row(s["stage"], s.get("state", "?"), f"{s.get('seconds', 0) or 0:.1f}",
+                      s.get("why") or "")
+        out.print(t)
+    t = Table("stage", "wave", "done/total", "ETA", "state")
+    for w in st["waves"]:
+        eta = "-" if w.get("eta") is None else f"{w['eta']:.0f}s"
+        t.add_row(w.get("stage", ""), w["wave"], f"{w.get('done', 0)}/{w.get('total', 0)}",
+                  eta, w.get("state", "?") + (f": {w['error']}" if w.get("error") else ""))
+    out.print(t)
+    out.print(f"failed attempts: {st['failed_attempts']}; dead letters: "
+              f"{len(st['dead_letters'])}")
+    for d in st["dead_letters"]:
+        out.print(f"  [red]dead[/] after {d['attempts']} attempt(s): {d['error']}",
+                  highlight=False)
+
+
+@app.command()
+@friendly
+def cancel(run: Annotated[str, typer.Argument(help="the run's config file, output or "
+                                                   "scratch path")],
+           airflow: Annotated[str | None, typer.Option(help="also mark the Airflow DAG run "
+                                                            "failed at this API URL")] = None,
+           dag: Annotated[str, typer.Option(help="DAG id (with --airflow)")] = "reconstruction",
+           run_id: Annotated[str | None, typer.Option(help="DAG run id (with --airflow)")]
+           = None,
+           user: Annotated[str | None, typer.Option()] = None) -> None:
+    """Cancel a run: its waves stop, its worker pools scale to zero, its queue is purged."""
+    from pipeline.status import cancel as cancel_run
+    from pipeline.status import resolve_scratch
+
+    if airflow:
+        from pipeline.submit import Airflow
+
+        if not run_id:
+            raise ValueError("--airflow needs --run-id")
+        Airflow(airflow, user).fail(dag, run_id)
+    print(json.dumps(cancel_run(resolve_scratch(run))))
+
+
+@app.command()
+@friendly
+def cost(config: Annotated[Path, typer.Argument(help="run config (YAML or JSON)")],
+         rates_from: Annotated[str | None, typer.Option(
+             "--rates-from", help="a finished run (config, output or scratch path) whose "
+                                  "records give the rates; default: the shipped table")] = None,
+         extent_nm: Annotated[tuple[float, float, float] | None, typer.Option(
+             help="project for this x y z extent in nm instead of the config's bbox")] = None,
+         json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Project core-hours, GPU-hours and storage of a run from measured per-stage rates."""
+    from rich.table import Table
+
+    from pipeline import cost as cost_
+    from pipeline.chain import load
+    from pipeline.status import resolve_scratch
+
+    cfg = load(config)
+    rates = cost_.measure(resolve_scratch(rates_from)) if rates_from else cost_.shipped()
+    proj = cost_.project(cfg, rates, extent_nm)
+    if json_out:
+        print(json.dumps(proj, indent=2))
+        return
+    out = Console()
+    out.print(f"{proj['voxels']:.3e} voxels; rates {proj['source']} ({proj['measured']})",
+              highlight=False)
+    t = Table("stage", "core-hours", "GPU-hours", "storage (GB)")
+    for name, row in [*proj["stages"].items(), ("total", proj["total"])]:
+        t.add_row(name, f"{row['core_hours']:.4g}", f"{row['gpu_hours']:.4g}",
+                  f"{row['storage_bytes'] / 1e9:.4g}")
+    out.print(t)
+    for note in proj["notes"] + [f"no measured rate for stage {s}" for s in proj["unmeasured"]]:
+        out.print(f"note: {note}", highlight=False)
 
 
 def _print_report(report: dict) -> None:
@@ -225,6 +353,8 @@ def _print_report(report: dict) -> None:
         console.print(f"  view: {report['view']}")
     if report.get("metrics"):
         console.print("  vs ground truth: " + json.dumps(report["metrics"]))
+    if report.get("html"):
+        console.print(f"  report: {report['html']}")
 
 
 if __name__ == "__main__":

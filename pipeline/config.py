@@ -41,6 +41,10 @@ class ConfigError(ValueError):
         self.problems = problems
         self.source = source
         where = f" ({source})" if source else ""
+        if len(problems) == 1:  # one problem, one line
+            field, msg = problems[0]
+            super().__init__(f"invalid run config{where}: {field or '<root>'}: {msg}")
+            return
         lines = "\n".join(f"  {field or '<root>'}: {msg}" for field, msg in problems)
         super().__init__(f"invalid run config{where}:\n{lines}")
 
@@ -311,6 +315,34 @@ class AlignmentParams(_Strict):
         return v
 
 
+
+ChainStage = Literal["alignment", "inference", "segmentation", "synapses", "postprocess"]
+
+
+class ChainParams(_Strict):
+    """The `reconstruction` DAG: which stages of the chain run, and what to score against.
+
+    Stages present in the config run in the order alignment → inference → segmentation →
+    synapses → postprocess, each reading the previous one's output (see
+    :mod:`pipeline.chain`). A stage in ``skip`` does not run; its outputs must exist.
+    """
+
+    skip: list[ChainStage] = Field(default_factory=list, description="stages not to run")
+    skeletons: bool = Field(True, description="postprocess: kimimaro skeletons of seg")
+    skeleton_dust: int = Field(100, ge=0, description="segments below it get no skeleton")
+    ground_truth: str | None = Field(None, description="segmentation layer to score seg "
+                                                       "against in the report")
+    synapse_truth: str | None = Field(None, description="CSV with pre, post columns of the "
+                                                        "true synapses, for the report")
+
+    @field_validator("ground_truth")
+    @classmethod
+    def _gt_path(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v and v.endswith((".h5", ".hdf5", ".npy")):
+            return os.path.abspath(os.path.expanduser(v))  # a local label stack
+        return None if v is None else to_cloudpath(v).rstrip("/")
+
+
 class RunConfig(_Strict):
     """One run of the pipeline. Paths are cloud paths (file://, gs://, s3://)."""
 
@@ -337,6 +369,7 @@ class RunConfig(_Strict):
     inference: InferenceParams | None = None
     synapses: SynapseSection | None = None
     alignment: AlignmentParams | None = None
+    chain: ChainParams | None = None
 
     @field_validator("name")
     @classmethod
@@ -367,6 +400,10 @@ class RunConfig(_Strict):
                              "pubsub://projects/P/topics/T/subscriptions/S")
         if scheme == "fq":
             return "fq://" + os.path.abspath(os.path.expanduser(v[len("fq://"):]))
+        if scheme == "pubsub":
+            from pipeline.queue_pubsub import parse_url
+
+            parse_url(v)  # ValueError naming the expected form
         return v
 
     @field_validator("chunk_size", "storage_chunk_size")

@@ -1,34 +1,38 @@
-"""`petarecon demo`: the main job on the embedded default.
+"""`petarecon demo`: the whole reconstruction chain on the embedded default.
 
-Through Airflow in-process, an fq:// queue and local worker processes, it
+Through Airflow in-process, an fq:// queue and local worker processes:
 
-1. ingests the gala FIB-SEM cutout (`ingest` DAG, with its pyramid);
-2. segments it (`segmentation` DAG: chunked watershed + octree agglomeration, pyramid,
-   meshes) from the boundary map shipped with the data, and scores it against the gala
-   ground truth;
-   then predicts its affinities with the shipped RSUNet demo model (`inference` DAG) and
-   segments and scores those too;
-3. ingests a synthetic EM volume with misalignment, a fold and a missing section, beside its
-   exact ground truth (cells, clefts, synapse partners);
-4. finds its synapses (`synapses` DAG: cleft map-reduce, partners, dedup) and checks the
-   partners against the truth;
+1. **synthetic EM** with exact ground truth: a volume rendered with cells, membranes,
+   mitochondria and synaptic clefts with known partners, then given per-section
+   misalignments, a fold and a missing section. The `reconstruction` DAG aligns it (with
+   defect masks), predicts affinities with the shipped RSUNet demo model, segments them
+   (watershed + octree agglomeration), finds synapses (clefts from the generator's cleft
+   probability map: petarecon has no cleft network), and postprocesses (pyramids, meshes,
+   skeletons). The report scores seg and the synapse partners against the truth.
+2. **the gala FIB-SEM cutout** (real EM, already aligned): the `ingest` DAG, then the chain's
+   inference → segmentation → postprocess, scored against the gala ground truth.
 
-and returns each run's report.
+Each run writes ``report.html`` next to its outputs; the demo returns the run reports.
+``size="small"`` shrinks both volumes for tests.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pipeline.chain import load
 from pipeline.config import load_config
 from pipeline.runner import run_embedded
 
 REPO = Path(__file__).resolve().parents[1]
 GALA_DIRS = (REPO / "tests" / "data" / "gala_fibsem_example",
              REPO.parent / "shared" / "data" / "gala_fibsem_example")
-SYNTH_SHAPE = (256, 256, 32)
+DEMO_MODEL = REPO / "pipeline" / "models" / "demo" / "rsunet_gala.pt"
+SIZES = {"default": {"synth": (192, 192, 32), "gala_bbox": None},
+         "small": {"synth": (96, 96, 16), "gala_bbox": [0, 0, 0, 96, 96, 32]}}
+RES = (8.0, 8.0, 40.0)
 
 
 def gala_dir() -> Path:
@@ -40,132 +44,66 @@ def gala_dir() -> Path:
     raise FileNotFoundError("gala example data not found; set PETARECON_GALA to its folder")
 
 
-def segment_gala(out: Path, common: dict[str, Any], verbose: bool) -> dict[str, Any]:
-    """Segment the gala image from its shipped boundary map; score it against ground truth."""
-    import h5py
-    import numpy as np
+def inference_section(patch: tuple[int, int, int]) -> dict[str, Any]:
+    return {"checkpoints": [str(DEMO_MODEL)], "patch_size": list(patch),
+            "overlap": [8, 8, 4], "batch_size": 4}
 
-    from pipeline import storage
-    from pipeline.evaluate import evaluate_paths
-    from pipeline.geometry import Bbox
 
-    with h5py.File(gala_dir() / "train-p1.lzf.h5") as f:
-        p = f["stack"][:].transpose(2, 1, 0).astype(np.float32)
-    box = Bbox.from_shape(p.shape)
-    boundary = f"file://{out}/gala/boundary"
-    storage.create_layer(boundary, "probability", box, (10, 10, 10), (64, 64, 16),
-                         overwrite=True)
-    storage.write(boundary, box, p)
-    storage.set_status(boundary, "complete")
-    config = load_config({
-        **common, "name": "gala-seg", "output": str(out / "gala"),
-        "chunk_size": [64, 64, 32],
-        "segmentation": {"boundary": boundary, "ws_high": 0.9, "ws_low": 0.1, "ws_size": 200,
-                         "ws_dust": 50, "agg_threshold": 0.5},
-    })
-    report = run_embedded(config, "segmentation", verbose)
-    scores = evaluate_paths(f"file://{out}/gala/seg", str(gala_dir() / "train-gt.lzf.h5"))
-    report["metrics"] = {k: round(scores[k], 4)
-                         for k in ("adapted_rand_error", "vi_split", "vi_merge")}
+def synthetic_chain(out: Path, common: dict[str, Any], shape: tuple[int, int, int],
+                    verbose: bool) -> dict[str, Any]:
+    """Write the synthetic volume and its truth under ``out/synthetic``; run the chain."""
+    from pipeline.synth.io import write_synthetic
+
+    root = out / "synthetic"
+    layers = write_synthetic(str(root), shape, 0, RES, misalign=True, folds=1, missing=1,
+                             overwrite=True)
+    z = shape[2]
+    doc = {**common, "name": "synthetic", "output": str(root / "recon"),
+           "input": layers["image"][0], "chunk_size": [96, 96, min(16, z)],
+           "storage_chunk_size": [48, 48, min(16, z)],
+           "alignment": {"block_size": min(16, z), "overlap": 2, "tile_size": 32,
+                         "search_radius": 8, "levels": 2, "smooth": 32.0,
+                         "refine_iterations": 10},
+           "inference": inference_section((48, 48, min(16, z))),
+           "segmentation": {"ws_high": 0.99, "ws_low": 0.1, "ws_size": 100, "ws_dust": 50,
+                            "agg_threshold": 0.7},
+           "synapses": {"cleft": layers["cleft_probability"][0]},
+           "chain": {"ground_truth": layers["gt"][0],
+                     "synapse_truth": str(root / "synapses.csv")}}
+    report = run_embedded(load(doc), "reconstruction", verbose)
+    report["layers"].update({f"truth_{n}": {"path": p, "kind": k}
+                             for n, (p, k) in layers.items() if n != "image"})
     return report
 
 
-DEMO_MODEL = REPO / "pipeline" / "models" / "demo" / "rsunet_gala.pt"
-
-
-def predict_and_segment_gala(out: Path, common: dict[str, Any],
-                             verbose: bool) -> list[dict[str, Any]]:
-    """Affinities of the gala image from the shipped demo model (`inference` DAG), then the
-    `segmentation` DAG on them, scored against the gala ground truth."""
-    from pipeline.evaluate import evaluate_paths
-
-    infer = load_config({
-        **common, "name": "gala-inference", "output": str(out / "gala"),
-        "input": f"file://{out}/gala/image", "chunk_size": [128, 128, 32],
-        "inference": {"checkpoints": [str(DEMO_MODEL)], "patch_size": [48, 48, 16],
-                      "overlap": [8, 8, 4], "batch_size": 4},
-    })
-    reports = [run_embedded(infer, "inference", verbose)]
-    seg = load_config({
-        **common, "name": "gala-seg-rsunet", "output": str(out / "gala"),
-        "chunk_size": [64, 64, 32],
-        "segmentation": {"affinity": f"file://{out}/gala/aff", "ws_high": 0.99, "ws_low": 0.1,
-                         "ws_size": 200, "ws_dust": 50, "agg_threshold": 0.7,
-                         "ws_layer": "ws_rsunet", "seg_layer": "seg_rsunet"},
-    })
-    report = run_embedded(seg, "segmentation", verbose)
-    scores = evaluate_paths(f"file://{out}/gala/seg_rsunet",
-                            str(gala_dir() / "train-gt.lzf.h5"))
-    report["metrics"] = {k: round(scores[k], 4)
-                         for k in ("adapted_rand_error", "vi_split", "vi_merge")}
-    reports.append(report)
-    return reports
-
-
-def run_demo(out: Path, workers: int = 2, synth_shape: tuple[int, int, int] = SYNTH_SHAPE,
-             verbose: bool = False) -> list[dict[str, Any]]:
-    """Ingest gala and a synthetic volume under ``out``; return the two run reports."""
-    from pipeline.synth.io import make_volume, save_stack, write_truth
-
-    out = out.resolve()
-    common = {"overwrite": True, "cluster": {"workers": workers},
-              "chunk_size": [128, 128, 32], "storage_chunk_size": [64, 64, 16]}
-    gala = load_config({
-        **common, "name": "gala", "output": str(out / "gala"), "resolution": [10, 10, 10],
+def gala_chain(out: Path, common: dict[str, Any], bbox: list[int] | None,
+               verbose: bool) -> list[dict[str, Any]]:
+    """Ingest the gala image (`ingest` DAG), then inference → segmentation → postprocess."""
+    root = out / "gala"
+    ingest = load_config({
+        **common, "name": "gala", "output": str(root), "resolution": [10, 10, 10],
+        "chunk_size": [128, 128, 32], "storage_chunk_size": [64, 64, 16],
         "ingest": {"source": str(gala_dir() / "train-image.h5"), "dataset": "stack",
-                   "downsample_mips": 2},
-    })
-    reports = [run_embedded(gala, "ingest", verbose)]
-    reports.append(segment_gala(out, common, verbose))
-    reports += predict_and_segment_gala(out, common, verbose)
-
-    synth_dir = out / "synthetic"
-    synth_dir.mkdir(parents=True, exist_ok=True)
-    vol = make_volume(synth_shape, seed=0, resolution=(8, 8, 40), misalign=True, folds=1,
-                      missing=1)
-    stack = synth_dir / "image-stack.npy"
-    save_stack(vol, str(stack))
-    truth = write_truth(str(synth_dir), vol, (8, 8, 40), overwrite=True)
-    synthetic = load_config({
-        **common, "name": "synthetic", "output": str(synth_dir), "resolution": [8, 8, 40],
-        "ingest": {"source": str(stack), "downsample_mips": 2},
-    })
-    report = run_embedded(synthetic, "ingest", verbose)
-    report["layers"].update({n: {"path": p, "kind": k} for n, (p, k) in truth.items()})
-    reports.append(report)
-    reports.append(find_synapses(synth_dir, common, truth, vol, verbose))
+                   "downsample_mips": 2}})
+    reports = [run_embedded(ingest, "ingest", verbose)]
+    doc = {**common, "name": "gala-recon", "output": str(root / "recon"),
+           "input": f"file://{root}/image", "bbox": bbox,
+           "chunk_size": [64, 64, 32], "storage_chunk_size": [64, 64, 16],
+           "inference": inference_section((48, 48, 16)),
+           "segmentation": {"ws_high": 0.99, "ws_low": 0.1, "ws_size": 200, "ws_dust": 50,
+                            "agg_threshold": 0.7},
+           "chain": {"ground_truth": str(gala_dir() / "train-gt.lzf.h5")}}
+    reports.append(run_embedded(load(doc), "reconstruction", verbose))
     return reports
 
 
-def find_synapses(synth_dir: Path, common: dict[str, Any], truth: dict, vol,
-                  verbose: bool) -> dict[str, Any]:
-    """The `synapses` DAG on the synthetic volume; partner accuracy against its truth.
-
-    Until the alignment stage lands, partners are read from the defect-free rendering of the
-    same volume (``image_aligned``): the injected shifts move vesicle clouds off their cells.
-    """
-    import csv
-
-    from pipeline import storage
-    from pipeline.geometry import Bbox
-    from pipeline.synth.io import make_volume
-
-    clean = make_volume(vol.image.shape, seed=0, resolution=(8, 8, 40))
-    aligned = f"file://{synth_dir}/image_aligned"
-    box = Bbox.from_shape(clean.image.shape)
-    storage.create_layer(aligned, "image", box, (8, 8, 40), (64, 64, 16), overwrite=True)
-    storage.write(aligned, box, clean.image)
-    storage.set_status(aligned, "complete")
-    config = load_config({
-        **common, "name": "synthetic-synapses", "output": str(synth_dir),
-        "input": aligned, "chunk_size": [128, 128, 16],
-        "synapses": {"cleft": truth["cleft_probability"][0], "segmentation": truth["gt"][0],
-                     "cleft_layer": "detected_clefts"},
-    })
-    report = run_embedded(config, "synapses", verbose)
-    table = synth_dir / "scratch" / "synapses" / "synapses.csv"
-    found = {(int(r["pre"]), int(r["post"])) for r in csv.DictReader(table.open())}
-    known = {(s["pre"], s["post"]) for s in vol.synapses}
-    report["metrics"] = {"synapses_found": len(found), "synapses_true": len(known),
-                         "partners_correct": len(found & known)}
-    return report
+def run_demo(out: Path, workers: int = 2, size: Literal["default", "small"] = "default",
+             verbose: bool = False) -> list[dict[str, Any]]:
+    """Run the synthetic and the gala chains under ``out``; return their run reports (each
+    with ``html``, the path of its report page, and ``metrics`` against ground truth)."""
+    out = out.resolve()
+    common = {"overwrite": True, "cluster": {"workers": workers}, "lease_seconds": 60}
+    spec = SIZES[size]
+    reports = [synthetic_chain(out, common, spec["synth"], verbose)]
+    reports += gala_chain(out, common, spec["gala_bbox"], verbose)
+    return reports

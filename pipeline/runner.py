@@ -46,19 +46,30 @@ def rich_waves(console: Console | None = None):
 
 STAGES = {"ingest": "pipeline.ingest.stage", "segmentation": "pipeline.segmentation.stage",
           "synapses": "pipeline.synapses.stage", "inference": "pipeline.inference.stage",
-          "alignment": "pipeline.align.stage"}
-"""The stage module behind each DAG id (imported only when that DAG runs: torch is heavy)."""
+          "alignment": "pipeline.align.stage", "postprocess": "pipeline.postprocess.stage",
+          "reconstruction": "pipeline.chain"}
+"""The module behind each DAG id (imported only when that DAG runs: torch is heavy)."""
 
 
 def sanity_check_for(dag_id: str):
     """The sanity check (validation without side effects) of DAG ``dag_id``."""
     if dag_id not in STAGES:
         raise ConfigError([("dag", f"unknown DAG {dag_id!r}; one of {sorted(STAGES)}")])
+    if dag_id == "reconstruction":
+        from pipeline.chain import preflight as chain_preflight
+
+        return chain_preflight
     return importlib.import_module(STAGES[dag_id]).sanity_check
 
 
 def dag_for(config: RunConfig) -> str:
-    """The DAG a config asks for: the one named by its stage section."""
+    """The DAG a config asks for: `reconstruction` for a chain (a ``chain`` section or
+    several stage sections), else the one named by its stage section."""
+    from pipeline import chain
+
+    if config.chain is not None or len(chain.stages(config)) - (
+            "postprocess" in chain.stages(config)) >= 2:
+        return "reconstruction"
     if config.segmentation is not None:
         return "segmentation"
     if config.synapses is not None:
@@ -71,8 +82,14 @@ def dag_for(config: RunConfig) -> str:
 
 
 def preflight(config: RunConfig, dag_id: str) -> RunConfig:
-    """The DAG's sanity check without side effects, so user errors show before Airflow starts."""
-    return sanity_check_for(dag_id)(config)
+    """The DAG's sanity check without side effects, so user errors show before Airflow starts
+    (with ``cluster.backend: kubernetes``, the cluster's too: API server, Deployments, Secret)."""
+    checked = sanity_check_for(dag_id)(config)
+    if config.cluster.backend == "kubernetes":
+        from pipeline.cluster_k8s import check
+
+        check(config, secret=config.cluster.secret)
+    return checked
 
 
 def run_embedded(config: RunConfig, dag_id: str, verbose: bool = False) -> dict[str, Any]:
@@ -88,6 +105,11 @@ def run_embedded(config: RunConfig, dag_id: str, verbose: bool = False) -> dict[
         with rich_waves(Console(stderr=True, file=sys.stderr)):
             run_dag(dag_id, config.to_dict(), verbose=verbose)
     except DagRunFailed as e:
+        from pipeline.status import cancel_requested
+
+        if cancel_requested(config):
+            raise DagRunFailed(f"run {config.name} was cancelled (petarecon cancel); "
+                               f"{str(e).split('; ', 1)[-1]}") from None
         dead = DeadLetters(config.dead_letter_path).list()
         if dead:
             raise DagRunFailed(f"{e}\n{len(dead)} dead-lettered task(s); first error: "

@@ -8,6 +8,7 @@ finished, so a half-written layer is never mistaken for a finished one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Literal
 import numpy as np
 from cloudfiles import CloudFiles
 from cloudvolume import CloudVolume
-from cloudvolume.exceptions import InfoUnavailableError
+from cloudvolume.exceptions import InfoUnavailableError, ScaleUnavailableError
 
 from pipeline.geometry import Bbox, Vec
 
+log = logging.getLogger("petarecon.storage")
 LayerKind = Literal["image", "affinity", "segmentation", "field", "probability"]
 STATUS_FILE = "petarecon.json"
 
@@ -55,6 +57,8 @@ def open_layer(path: str, mip: int = 0, **kwargs) -> CloudVolume:
     except InfoUnavailableError:
         raise LayerError(f"layer {path}: no precomputed info file (does the layer exist?)") \
             from None
+    except (ScaleUnavailableError, IndexError):
+        raise LayerError(f"layer {path} has no mip {mip}") from None
     except ValueError as e:
         raise LayerError(f"layer {path}: {e}") from None
 
@@ -62,6 +66,25 @@ def open_layer(path: str, mip: int = 0, **kwargs) -> CloudVolume:
 def layer_exists(path: str) -> bool:
     """True when ``path`` holds a precomputed info file."""
     return CloudFiles(path).exists("info")
+
+
+def unwritable(path: str) -> str | None:
+    """Why outputs cannot be written under local ``path`` (None when they can, or when
+    ``path`` is not ``file://``: cloud permissions show on the first write).
+
+    Writes nothing: the nearest existing ancestor must be a writable directory.
+    """
+    if not path.startswith("file://"):
+        return None
+    local = Path(path[len("file://"):])
+    probe = local
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{local} is not writable: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{local} is not writable: no write permission on {probe}"
+    return None
 
 
 def layer_has_data(path: str) -> bool:
@@ -182,3 +205,28 @@ def discover_layers(root: str | os.PathLike) -> dict[str, tuple[str, str]]:
         name = str(info.parent.relative_to(root)) if info.parent != root else root.name
         found[name] = ("file://" + str(info.parent), layer_kind(meta))
     return found
+
+
+class _RetryWarning(logging.Filter):
+    """Turns botocore's silent retry notes into ``petarecon.storage`` warnings; drops the rest
+    of botocore.endpoint's debug chatter so that enabling it costs no output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Response received to retry"):
+            delay = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            log.warning("storage: transient error from the object store; retrying in %.2f s",
+                        float(delay) if isinstance(delay, int | float) else 0.0)
+        return record.levelno >= logging.WARNING
+
+
+def log_storage_retries() -> None:
+    """Make every retry of an S3 request (boto retries 5xx, throttling and connection errors
+    by itself, silently) log a warning on ``petarecon.storage``. Idempotent; applied when
+    this module is imported, so workers log their retries too."""
+    endpoint = logging.getLogger("botocore.endpoint")
+    if not any(isinstance(f, _RetryWarning) for f in endpoint.filters):
+        endpoint.addFilter(_RetryWarning())
+        endpoint.setLevel(logging.DEBUG)
+
+
+log_storage_retries()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from cloudfiles import CloudFiles
 
-from pipeline import storage
+from pipeline import reachability, storage
 from pipeline.align import jobs
 from pipeline.align.tasks import (
     create_alignment_tasks,
@@ -70,7 +70,7 @@ def _check_image(config: RunConfig, problems: list[tuple[str, str]]):
 def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
     """Validate the config against its layers; return it with ``bbox`` resolved (at
     ``mip``). Writes nothing. Raise ConfigError naming each bad field."""
-    config = load_config(conf)
+    config = reachability.checked(load_config(conf))
     a = config.alignment
     if a is None:
         raise ConfigError([("alignment", "the alignment stage needs an `alignment` section")])
@@ -103,7 +103,9 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
         if render.start[0] % s or render.start[1] % s:
             problems.append(("bbox", f"x and y start {render.start[:2]} (at render_mip) must "
                                      f"be multiples of {s}"))
-    if not config.overwrite:
+    if why := storage.unwritable(config.output):
+        problems.append(("output", why))
+    elif not config.overwrite:
         for path in layer_paths(config).values():
             if path != a.field and storage.layer_exists(path) and storage.layer_has_data(path):
                 problems.append(("output", f"layer {path} already holds data; set "

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline import storage
+from pipeline import reachability, storage
 from pipeline.config import ConfigError, InferenceParams, RunConfig, load_config
 from pipeline.geometry import Bbox
 from pipeline.inference.tasks import create_inference_tasks, input_path
@@ -81,7 +81,7 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
     checkpoint, a channel count or architecture that does not match the config, an input that
     is missing or not 1-channel uint8, a patch that does not fit the net or exceeds the chunk,
     an output that holds data without ``overwrite``."""
-    config = load_config(conf)
+    config = reachability.checked(load_config(conf))
     inf = config.inference
     if inf is None:
         raise ConfigError([("inference", "the inference stage needs an `inference` section")])
@@ -108,6 +108,8 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
         if vol.num_channels != 1 or str(vol.dtype) != "uint8":
             problems.append((field, f"layer {path} is {vol.num_channels}-channel {vol.dtype}; "
                                     "inference needs a 1-channel uint8 image"))
+        if not storage.layer_has_data(path):
+            problems.append((field, f"layer {path} holds no data (an empty volume)"))
         bounds = storage.layer_bounds(path, config.mip)
         if bbox is not None and not bounds.contains(bbox):
             problems.append(("bbox", f"{bbox.to_list()} lies outside the input layer, whose "
@@ -119,6 +121,8 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
         mask = getattr(inf, name)
         if mask:
             _check_mask(mask, f"inference.{name}", bbox, config.mip, problems)
+    if why := storage.unwritable(config.output):
+        problems.append(("output", why))
     outputs = [inf.output_layer] + ([inf.myelin_layer] if inf.myelin else [])
     for name in outputs:
         out = config.layer_path(name)

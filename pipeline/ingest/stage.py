@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import storage
+from pipeline import reachability, storage
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.geometry import Bbox
 from pipeline.ingest.stacks import Stack, StackError
@@ -17,7 +17,7 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
     Return the config with ``bbox`` resolved. Raise ConfigError naming each bad field before
     anything is written.
     """
-    config = load_config(conf)
+    config = reachability.checked(load_config(conf))
     if config.ingest is None:
         raise ConfigError([("ingest", "the ingest stage needs an `ingest` section")])
     problems: list[tuple[str, str]] = []
@@ -26,12 +26,17 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
     except StackError as e:
         field = "ingest.dataset" if "dataset" in str(e) else "ingest.source"
         raise ConfigError([(field, str(e))]) from None
+    if 0 in stack.bbox.shape:
+        raise ConfigError([("ingest.source", f"{config.ingest.source} is empty "
+                                             f"(shape {list(stack.bbox.shape)})")])
     bbox = config.bounds or stack.bbox
     if not stack.bbox.contains(bbox):
         problems.append(("bbox", f"{bbox.to_list()} lies outside the stack, whose bounds are "
                                  f"{stack.bbox.to_list()}"))
     layer = config.image_path
-    if not config.overwrite and storage.layer_has_data(layer):
+    if why := storage.unwritable(config.output):
+        problems.append(("output", why))
+    elif not config.overwrite and storage.layer_has_data(layer):
         problems.append(("output", f"layer {layer} already holds data; set overwrite: true "
                                    "to replace it"))
     if problems:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from cloudfiles import CloudFiles
 
-from pipeline import storage
+from pipeline import reachability, storage
 from pipeline.agglomerate.tasks import create_agglomeration_tasks
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.geometry import Bbox
@@ -42,6 +42,8 @@ def _check_layer(path: str, field: str, channels: int, dtypes: tuple[str, ...], 
     if vol.num_channels != channels or str(vol.dtype) not in dtypes:
         problems.append((field, f"layer {path} is {vol.num_channels}-channel {vol.dtype}; "
                                 f"expected {channels}-channel {' or '.join(dtypes)}"))
+    if not storage.layer_has_data(path):
+        problems.append((field, f"layer {path} holds no data (an empty volume)"))
     bounds = storage.layer_bounds(path, mip)
     if bbox is not None and not bounds.contains(bbox):
         problems.append((field, f"layer {path} (bounds {bounds.to_list()}) does not cover "
@@ -54,7 +56,7 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
 
     Raise ConfigError naming each bad field before anything is written.
     """
-    config = load_config(conf)
+    config = reachability.checked(load_config(conf))
     s = config.segmentation
     if s is None:
         raise ConfigError([("segmentation", "the segmentation stage needs a `segmentation` "
@@ -70,6 +72,8 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
                                 ("myelin", s.myelin, 1, ("float32",))):
         if layer:
             _check_layer(layer, f"segmentation.{name}", ch, dt, bbox, config.mip, problems)
+    if why := storage.unwritable(config.output):
+        problems.append(("output", why))
     for name in (s.ws_layer, s.seg_layer):
         if not config.overwrite and storage.layer_has_data(config.layer_path(name)):
             problems.append(("output", f"layer {config.layer_path(name)} already holds data; "

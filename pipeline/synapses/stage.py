@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from cloudfiles import CloudFiles
 
-from pipeline import storage
+from pipeline import reachability, storage
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.geometry import Bbox
 from pipeline.synapses import jobs
@@ -23,7 +23,7 @@ from pipeline.synapses.tasks import create_synapse_tasks, image_path, layout, pa
 
 def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
     """Validate the config against its layers; return it with ``bbox`` resolved."""
-    config = load_config(conf)
+    config = reachability.checked(load_config(conf))
     s = config.synapses
     if s is None:
         raise ConfigError([("synapses", "the synapses stage needs a `synapses` section")])
@@ -62,7 +62,9 @@ def sanity_check(conf: dict[str, Any] | RunConfig) -> RunConfig:
             else:
                 layer(image_path(config), "synapses.image", 1, "uint8")
     out = config.layer_path(s.cleft_layer)
-    if not config.overwrite and storage.layer_has_data(out):
+    if why := storage.unwritable(config.output):
+        problems.append(("output", why))
+    elif not config.overwrite and storage.layer_has_data(out):
         problems.append(("output", f"layer {out} already holds data; set overwrite: true"))
     if problems:
         raise ConfigError(problems)

@@ -49,7 +49,8 @@ def test_ingest_dag_output_equals_input(tmp_path):
     assert storage.get_status(layer) == "complete"
     report = json.loads((tmp_path / "out" / "scratch" / "report.json").read_text())
     assert report["layers"]["image"]["path"] == layer
-    assert report["view"] == f"petarecon view {tmp_path}/out"
+    assert report["view"] == f"petarecon view {tmp_path}/out --port 8080"
+    assert (tmp_path / "out" / "report.html").is_file()
     cluster = LocalCluster(tmp_path / "out" / "scratch" / "cluster", "fq://x", "file://x")
     assert cluster.size() == 0, "workers are scaled down after the run"
 
