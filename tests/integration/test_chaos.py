@@ -2,9 +2,10 @@
 
 For each stage (ingest, alignment, inference, segmentation, synapses) a small run goes through
 the real fq:// queue to 5 LocalCluster worker processes while a chaos thread kills a random
-20 % of them (one worker) every 1.5–4 s (ingest: 0.5–1.5 s) and scales the pool back up. Killed workers' tasks are
-re-leased when their 5 s lease expires. The run must complete, and every computed file must be
-byte-identical to a clean in-process run of the same stage (``bench.chaos``).
+20 % of them (one worker) every 1.5–4 s (ingest, whose waves are short: 0.5–1.5 s) and scales
+the pool back up. Killed workers' tasks are re-leased when their 5 s lease expires. The run
+must complete, and every computed file must be byte-identical to a clean in-process run of
+the same stage (``bench.chaos``).
 """
 
 from __future__ import annotations
