@@ -52,6 +52,15 @@ def linear_index(coords: np.ndarray, run_start: np.ndarray, run_shape: np.ndarra
 _BLOCK = 32  # voxels tested at once for any foreground (clefts are sparse)
 
 
+@njit(cache=True, inline="always")
+def _any_nonzero(flat, start, stop):  # pragma: no cover - compiled
+    """Whether ``flat[start:stop]`` holds a nonzero label (one OR over the block)."""
+    acc = 0
+    for i in range(start, stop):
+        acc |= flat[i]
+    return acc != 0
+
+
 @njit(cache=True)
 def _chunk_stats(local, n, prob, threshold, origin, run_start, run_shape,
                  offsets):  # pragma: no cover - compiled
@@ -73,10 +82,7 @@ def _chunk_stats(local, n, prob, threshold, origin, run_start, run_shape,
     flat = local.ravel()
     for start in range(0, flat.size, _BLOCK):
         stop = min(start + _BLOCK, flat.size)
-        any_ = 0
-        for i in range(start, stop):
-            any_ |= flat[i]
-        if any_ == 0:
+        if not _any_nonzero(flat, start, stop):
             continue
         for i in range(start, stop):
             c = np.int64(flat[i]) - 1
@@ -145,17 +151,10 @@ def relabel(lut, labels, out):  # pragma: no cover - compiled
     (as a fresh ``np.zeros`` does: clefts are sparse, so most of its pages are never written).
     No temporaries; both C-contiguous."""
     flat, dst = labels.ravel(), out.ravel()
-    for start in range(0, flat.size, _BLOCK):
-        stop = min(start + _BLOCK, flat.size)
-        any_ = 0
-        for i in range(start, stop):
-            any_ |= flat[i]
-        if any_ == 0:
-            continue
-        for i in range(start, stop):
-            v = flat[i]
-            if v:
-                dst[i] = lut[v]
+    for i in range(flat.size):
+        v = flat[i]
+        if v:
+            dst[i] = lut[v]
     return out
 
 
