@@ -34,6 +34,7 @@ from pipeline.regiongraph import (
     frozen_mask,
     resolve,
 )
+from pipeline.regiongraph_kernel import _find
 from pipeline.watershed.kernels import region_graph
 
 MARGIN = 3
@@ -223,14 +224,6 @@ def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - c
 
 
 @njit(cache=True)
-def _root(parent, i):  # pragma: no cover - compiled
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-@njit(cache=True)
 def _link(parent, size, key, ra, rb, v, out, nm, size_thr):  # pragma: no cover - compiled
     """Merge roots ``ra != rb`` if either is small: (merges so far, survivor or -1, other)."""
     if not (size[ra] < size_thr or size[rb] < size_thr):
@@ -257,14 +250,14 @@ def _tie_group(es, ea, eb, v, parent, size, key, out, nm, size_thr, ghead,
     heap = [(np.int64(0), np.int64(0), np.int64(0))]
     heap.pop()
     for k in range(es.size):
-        ra, rb = _root(parent, ea[es[k]]), _root(parent, eb[es[k]])
+        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         if ra != rb:
             gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
             gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
             heapq.heappush(heap, (*_pair_keys(key, ra, rb), np.int64(k)))
     while len(heap):
         lo, hi, k = heapq.heappop(heap)
-        ra, rb = _root(parent, ea[es[k]]), _root(parent, eb[es[k]])
+        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         if ra == rb or _pair_keys(key, ra, rb) != (lo, hi):
             continue
         nm, r, o = _link(parent, size, key, ra, rb, v, out, nm, size_thr)
@@ -272,14 +265,14 @@ def _tie_group(es, ea, eb, v, parent, size, key, out, nm, size_thr, ghead,
         while s >= 0:
             ns = gnext[s]
             gnext[s], ghead[r] = ghead[r], s
-            a2, b2 = _root(parent, ea[es[s >> 1]]), _root(parent, eb[es[s >> 1]])
+            a2, b2 = _find(parent, ea[es[s >> 1]]), _find(parent, eb[es[s >> 1]])
             if a2 != b2:
                 heapq.heappush(heap, (*_pair_keys(key, a2, b2), np.int64(s >> 1)))
             s = ns
         if r >= 0:
             ghead[o] = -1
     for k in range(es.size):
-        ghead[_root(parent, ea[es[k]])] = ghead[_root(parent, eb[es[k]])] = -1
+        ghead[_find(parent, ea[es[k]])] = ghead[_find(parent, eb[es[k]])] = -1
     return nm
 
 
@@ -328,7 +321,7 @@ def single_linkage_dense(size, key, hist, ea, eb, wmax, threshold, size_thr,
         while j < m and wmax[j if presorted else order[j]] == wmax[e]:
             j += 1
         if j == i + 1:
-            ra, rb = _root(parent, ea[e]), _root(parent, eb[e])
+            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
             if ra != rb:
                 nm = _link(parent, size, key, ra, rb, np.float64(wmax[e]), out, nm, size_thr)[0]
         else:
@@ -343,7 +336,7 @@ def single_linkage_dense(size, key, hist, ea, eb, wmax, threshold, size_thr,
         for j in range(hist.shape[1]):
             hist[r, j] += hist[o, j]
     for i in range(n):
-        root[i] = _root(parent, i)
+        root[i] = _find(parent, i)
         if root[i] == i:
             final_val[i] = 0 if size[i] < dust else key[i] + 1
     return True, root, final_val, hist, size, key, out[:nm].copy()
