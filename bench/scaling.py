@@ -5,9 +5,9 @@
 Runs the `reconstruction` DAG (embedded default, the demo's synthetic config) on a synthetic
 volume of ``--base`` (default: the demo's default size) and on one twice as large along each
 axis (8× the voxels), then prints the wall-time ratio (goal ≤ 8.5×), each stage's ratio, and
-the peak memory of the top octree level: the agglomeration tasks of the top level re-run
-(idempotent) in a fresh process: their peak traced allocations (tracemalloc, which numpy
-reports to) and the process's peak RSS above its post-import high-water mark.
+the peak memory of the top octree level: its watershed and agglomeration tasks re-run
+(idempotent) in a fresh process, with their peak traced allocations (tracemalloc, which numpy
+reports to).
 Last, it projects the chain's cost for 1 mm³ at 8×8×40 nm from the 8× run's measured rates
 (`petarecon cost`'s projection).
 """
@@ -26,22 +26,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOP_LEVEL = """
-import json, resource, sys
+import json, sys, tracemalloc
 from pipeline.chain import load
 from pipeline.segmentation import stage
 config = stage.sanity_check(load(json.loads(sys.argv[1])).model_copy(update={"overwrite": True}))
 top = stage.top_level(config)
-tasks = stage.agglomeration_tasks(config, "nodes" if top else "chunks", top)
-import tracemalloc
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+wave = "nodes" if top else "chunks"
+out = {"level": top}
 tracemalloc.start()
-for t in tasks:
-    t.execute() if hasattr(t, "execute") else t()
-traced = tracemalloc.get_traced_memory()[1]
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"level": top, "tasks": len(tasks), "baseline_mb": base / 1024,
-                  "peak_mb": peak / 1024, "task_mb": (peak - base) / 1024,
-                  "traced_peak_mb": traced / 2**20}))
+for name, make in (("watershed", stage.watershed_tasks), ("agglomeration",
+                                                          stage.agglomeration_tasks)):
+    tasks = make(config, wave, top)
+    tracemalloc.reset_peak()
+    for t in tasks:
+        t.execute() if hasattr(t, "execute") else t()
+    out[name] = {"tasks": len(tasks), "traced_peak_mb": tracemalloc.get_traced_memory()[1] / 2**20}
+print(json.dumps(out))
 """
 
 
@@ -91,11 +91,11 @@ def main() -> None:
     for s, t in one["stages"].items():
         if t and eight["stages"].get(s):
             print(f"  {s}: {eight['stages'][s] / t:.2f}")
-    print(f"top octree level peak memory (Python/numpy allocations, tracemalloc): "
-          f"1x {one['top_level']['traced_peak_mb']:.1f} MB, "
-          f"8x {eight['top_level']['traced_peak_mb']:.1f} MB; RSS above the post-import "
-          f"high-water mark: 1x {one['top_level']['task_mb']:.1f} MB, "
-          f"8x {eight['top_level']['task_mb']:.1f} MB")
+    for stage_ in ("watershed", "agglomeration"):
+        print(f"top octree level (level {one['top_level']['level']} / "
+              f"{eight['top_level']['level']}) {stage_} peak memory (Python/numpy allocations, "
+              f"tracemalloc): 1x {one['top_level'][stage_]['traced_peak_mb']:.1f} MB, "
+              f"8x {eight['top_level'][stage_]['traced_peak_mb']:.1f} MB")
     rates = cost.measure(eight["scratch"])
     proj = cost.project(load(eight["config"]), rates, extent_nm=(1e6, 1e6, 1e6))
     print(f"1 mm^3 at 8x8x40 nm ({proj['voxels']:.3e} voxels): "

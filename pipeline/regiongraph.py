@@ -13,8 +13,8 @@ faces may still change through their neighbours outside, so any edge reaching th
 and its other endpoint *tainted* (it is frozen from then on). Everything untainted is decided
 exactly as a global run decides it: the heap order is (value, keys), a function of content
 only, and a frozen segment can only affect its neighbours through deferred edges. The root has
-no frozen segments, so it resolves the rest. (Single linkage with nothing frozen takes an
-equivalent union-find path: :func:`pipeline.watershed.chunked.single_linkage_dense`.)
+no frozen segments, so it resolves the rest. (Single linkage takes an equivalent union-find
+path: :func:`pipeline.watershed.linkage.single_linkage_dense`.)
 """
 
 from __future__ import annotations
@@ -299,16 +299,16 @@ def frozen_mask(seg: Segments, node_lo: np.ndarray, node_hi: np.ndarray,
 
 def _resolve_arrays(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold, size_thr,
                    dust, size_limit, size_aff, sem_aff) -> tuple[np.ndarray, ...]:
-    """:func:`resolve_dense`, by union-find for single linkage with nothing frozen (then the
-    edge arrays returned are the inputs: no edge is residual)."""
-    if mode == MODE_SINGLE_LINKAGE and not frozen.any():
-        from pipeline.watershed.chunked import single_linkage_dense  # (imports this module)
+    """:func:`resolve_dense`, by union-find for single linkage."""
+    if mode == MODE_SINGLE_LINKAGE:
+        from pipeline.watershed.linkage import single_linkage_dense
 
-        ok, root, final_val, hist_out, size_out, key_out, merges = single_linkage_dense(
-            size, key, hist, ia, ib, wmax, threshold, size_thr, dust)
+        ok, root, tainted, final_val, res, A, B, wout, hist_out, size_out, key_out, merges = \
+            single_linkage_dense(size, key, frozen, hist, ia, ib, wmax, threshold, size_thr,
+                                 dust)
         if ok:
-            return (root, frozen.copy(), final_val, np.zeros(len(ia), bool), ia, ib, wmax,
-                    wsum, wcnt, hist_out, size_out, key_out, merges)
+            return (root, tainted, final_val, res, A, B, wout, wsum, wcnt, hist_out, size_out,
+                    key_out, merges)
     return resolve_dense(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold,
                          size_thr, dust, size_limit, size_aff, sem_aff)
 

@@ -18,7 +18,6 @@ the chunking.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import cc3d
@@ -34,7 +33,6 @@ from pipeline.regiongraph import (
     frozen_mask,
     resolve,
 )
-from pipeline.regiongraph_kernel import _find
 from pipeline.watershed.kernels import region_graph
 
 MARGIN = 3
@@ -214,132 +212,6 @@ def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - c
                     if g > hi[s, a]:
                         hi[s, a] = g
     return size[1:], key[1:], lo[1:], hi[1:]
-
-
-# ---- single linkage with nothing frozen, by union-find -------------------------------------
-# With no frozen segment nothing is tainted, and a rejected pair (both sides >= ws_size) stays
-# rejected as sizes only grow; so the queue of :func:`pipeline.regiongraph.resolve` would pop,
-# for each pair of current segments, its max edge: the first of its edges in descending
-# order. Equal weights are taken in the queue's order: by the keys of their current segments.
-
-
-@njit(cache=True)
-def _link(parent, size, key, ra, rb, v, out, nm, size_thr):  # pragma: no cover - compiled
-    """Merge roots ``ra != rb`` if either is small: (merges so far, survivor or -1, other)."""
-    if not (size[ra] < size_thr or size[rb] < size_thr):
-        return nm, -1, -1
-    r, o = (ra, rb) if key[ra] < key[rb] or (key[ra] == key[rb] and ra < rb) else (rb, ra)
-    parent[o] = r
-    size[r] += size[o]
-    key[r] = min(key[r], key[o])
-    out[nm, 0], out[nm, 1], out[nm, 2], out[nm, 3] = o, r, v, size[r]
-    return nm + 1, r, o
-
-
-@njit(cache=True)
-def _pair_keys(key, ra, rb):  # pragma: no cover - compiled
-    ka, kb = np.int64(key[ra]), np.int64(key[rb])
-    return (ka, kb) if ka < kb else (kb, ka)
-
-
-@njit(cache=True)
-def _tie_group(es, ea, eb, v, parent, size, key, out, nm, size_thr, ghead,
-               gnext):  # pragma: no cover - compiled
-    """Edges ``es`` of one weight ``v``, by the keys of their current roots; a merge re-keys
-    the absorbed root's edges (their older entries are then skipped)."""
-    heap = [(np.int64(0), np.int64(0), np.int64(0))]
-    heap.pop()
-    for k in range(es.size):
-        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
-        if ra != rb:
-            gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
-            gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
-            heapq.heappush(heap, (*_pair_keys(key, ra, rb), np.int64(k)))
-    while len(heap):
-        lo, hi, k = heapq.heappop(heap)
-        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
-        if ra == rb or _pair_keys(key, ra, rb) != (lo, hi):
-            continue
-        nm, r, o = _link(parent, size, key, ra, rb, v, out, nm, size_thr)
-        s = ghead[o] if r >= 0 else -1
-        while s >= 0:
-            ns = gnext[s]
-            gnext[s], ghead[r] = ghead[r], s
-            a2, b2 = _find(parent, ea[es[s >> 1]]), _find(parent, eb[es[s >> 1]])
-            if a2 != b2:
-                heapq.heappush(heap, (*_pair_keys(key, a2, b2), np.int64(s >> 1)))
-            s = ns
-        if r >= 0:
-            ghead[o] = -1
-    for k in range(es.size):
-        ghead[_find(parent, ea[es[k]])] = ghead[_find(parent, eb[es[k]])] = -1
-    return nm
-
-
-@njit(cache=True)
-def single_linkage_dense(size, key, hist, ea, eb, wmax, threshold, size_thr,
-                         dust):  # pragma: no cover - compiled
-    """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage with nothing
-    frozen: (ok, root, final value, hist, size, key, merges); not ok (and nothing done) where
-    keys repeat, a weight is NaN or there are 2**31 segments."""
-    n = size.size
-    size, key, hist = size.copy(), key.copy(), hist.copy()
-    out = np.zeros((n, 4), np.float64)
-    root = np.arange(n)
-    final_val = np.zeros(n, np.uint64)
-    ok = n < 2**31 and not np.isnan(wmax).any()
-    k0 = key.min() if n else np.uint64(0)
-    if n and key.max() - k0 < 16 * n:  # distinct keys? by a bitmap, else by sorting
-        seen = np.zeros(np.int64(key.max() - k0) + 1, np.bool_)
-        for i in range(n):
-            ok &= not seen[key[i] - k0]
-            seen[key[i] - k0] = True
-    else:
-        sk = np.sort(key)
-        for i in range(1, n):
-            ok &= sk[i] != sk[i - 1]
-    if not ok:
-        return False, root, final_val, hist, size, key, out[:0]
-    m = 0  # edges by descending weight: order[:m], or the first m edges if already so
-    while m < wmax.size and wmax[m] > threshold:
-        m += 1
-    order = np.arange(0)
-    presorted = True
-    for e in range(1, wmax.size):
-        if wmax[e] > wmax[e - 1]:
-            order = np.flatnonzero(wmax > threshold)
-            order = order[np.argsort(-wmax[order].astype(np.float64))]
-            presorted, m = False, order.size
-            break
-    parent = np.arange(n).astype(np.int32)
-    ghead = np.full(n, -1, np.int64)
-    gnext = np.empty(0, np.int64)
-    nm = i = 0
-    while i < m:
-        e = i if presorted else order[i]
-        j = i + 1
-        while j < m and wmax[j if presorted else order[j]] == wmax[e]:
-            j += 1
-        if j == i + 1:
-            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
-            if ra != rb:
-                nm = _link(parent, size, key, ra, rb, np.float64(wmax[e]), out, nm, size_thr)[0]
-        else:
-            es = np.arange(i, j) if presorted else order[i:j]
-            if gnext.size < 2 * es.size:
-                gnext = np.empty(2 * es.size, np.int64)
-            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, out, nm,
-                            size_thr, ghead, gnext)
-        i = j
-    for i in range(nm):
-        o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
-        for j in range(hist.shape[1]):
-            hist[r, j] += hist[o, j]
-    for i in range(n):
-        root[i] = _find(parent, i)
-        if root[i] == i:
-            final_val[i] = 0 if size[i] < dust else key[i] + 1
-    return True, root, final_val, hist, size, key, out[:nm].copy()
 
 
 @dataclass

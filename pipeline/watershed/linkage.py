@@ -1,0 +1,197 @@
+"""Size-dependent single linkage by union-find: the fast path of
+:func:`pipeline.regiongraph_kernel.resolve_dense` for ``MODE_SINGLE_LINKAGE``, frozen
+segments included, with the same result.
+
+The queue of ``resolve_dense`` pops, for each pair of current segments, the max of the edges
+between them: the first of its original edges in descending order. Every later pop of that
+pair does nothing: a merge joined it, a rejection (both sides >= ``ws_size``) stays one as
+sizes only grow, and a taint left both sides tainted, which never merge. So the original
+edges are walked once in descending order; equal weights are taken in the queue's order:
+edges touching tainted segments first, then by the keys of their current segments. An edge
+between a tainted and an untainted segment, not rejected, taints the untainted one. The
+residual edges are the pairs of distinct tainted segments, with their max weight.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+from numba import njit
+
+from pipeline.regiongraph_kernel import _find, _map_new, _map_slot
+
+
+@njit(cache=True)
+def _decide(parent, size, key, tainted, ra, rb, v, out, nm, size_thr):  # pragma: no cover
+    """Pop roots ``ra != rb``: (merges so far, survivor or -1, absorbed root or -1, root
+    newly tainted or -1)."""
+    if not (size[ra] < size_thr or size[rb] < size_thr):
+        return nm, -1, -1, -1
+    if tainted[ra] or tainted[rb]:
+        t = -1 if tainted[ra] and tainted[rb] else (rb if tainted[ra] else ra)
+        tainted[ra] = tainted[rb] = True
+        return nm, -1, -1, t
+    r, o = (ra, rb) if key[ra] < key[rb] or (key[ra] == key[rb] and ra < rb) else (rb, ra)
+    parent[o] = r
+    size[r] += size[o]
+    key[r] = min(key[r], key[o])
+    out[nm, 0], out[nm, 1], out[nm, 2], out[nm, 3] = o, r, v, size[r]
+    return nm + 1, r, o, -1
+
+
+@njit(cache=True)
+def _order(key, tainted, ra, rb):  # pragma: no cover - compiled
+    """The queue's order among equal weights: touching tainted first, then the keys."""
+    ka, kb = np.int64(key[ra]), np.int64(key[rb])
+    clean = np.int64(0 if tainted[ra] or tainted[rb] else 1)
+    return (clean, ka, kb) if ka < kb else (clean, kb, ka)
+
+
+@njit(cache=True)
+def _push_edge(heap, e, k, ea, eb, parent, key, tainted):  # pragma: no cover - compiled
+    """Queue edge ``e`` (entry ``k`` of its group) at its order now, unless it joins one root."""
+    a, b = _find(parent, ea[e]), _find(parent, eb[e])
+    if a != b:
+        heapq.heappush(heap, (*_order(key, tainted, a, b), np.int64(k)))
+
+
+@njit(cache=True)
+def _tie_group(es, ea, eb, v, parent, size, key, tainted, out, nm, size_thr, ghead,
+               gnext):  # pragma: no cover - compiled
+    """Edges ``es`` of one weight ``v`` in the queue's order; a merge or a taint re-queues
+    the edges whose order it changed (their older entries are then skipped)."""
+    heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
+    heap.pop()
+    for k in range(es.size):
+        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
+        if ra != rb:
+            gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
+            gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
+            _push_edge(heap, es[k], k, ea, eb, parent, key, tainted)
+    while len(heap):
+        clean, lo, hi, k = heapq.heappop(heap)
+        ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
+        if ra == rb or _order(key, tainted, ra, rb) != (clean, lo, hi):
+            continue
+        nm, r, o, t = _decide(parent, size, key, tainted, ra, rb, v, out, nm, size_thr)
+        if t >= 0:  # its edges now come first among equals
+            s = ghead[t]
+            while s >= 0:
+                _push_edge(heap, es[s >> 1], s >> 1, ea, eb, parent, key, tainted)
+                s = gnext[s]
+        if r >= 0:  # the absorbed root's edges move to the survivor, re-keyed
+            s = ghead[o]
+            while s >= 0:
+                ns = gnext[s]
+                gnext[s], ghead[r] = ghead[r], s
+                _push_edge(heap, es[s >> 1], s >> 1, ea, eb, parent, key, tainted)
+                s = ns
+            ghead[o] = -1
+    for k in range(es.size):
+        ghead[_find(parent, ea[es[k]])] = ghead[_find(parent, eb[es[k]])] = -1
+    return nm
+
+
+@njit(cache=True)
+def _residual(parent, tainted, ea, eb, wmax, threshold):  # pragma: no cover - compiled
+    """Pairs of distinct tainted roots with an edge above ``threshold``: a mask of one
+    representative edge per pair, whose endpoints become the roots (low, high) and whose
+    weight the pair's max."""
+    m = ea.size
+    n = parent.size
+    res = np.zeros(m, np.bool_)
+    cand = np.zeros(m, np.bool_)
+    nc = 0
+    for e in range(m):
+        if wmax[e] > threshold:
+            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
+            if ra != rb and tainted[ra] and tainted[rb]:
+                cand[e] = True
+                nc += 1
+    wout = wmax.copy() if nc else wmax
+    keys, vals, cap = _map_new(nc)
+    for e in range(m):
+        if cand[e]:
+            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
+            k = np.int64(lo) * n + hi
+            i = _map_slot(keys, cap, k)
+            if keys[i] == k:
+                g = vals[i]
+                wout[g] = max(wout[g], wmax[e])
+            else:
+                keys[i], vals[i] = k, e
+                res[e] = True
+                ea[e], eb[e] = lo, hi
+    return res, wout
+
+
+@njit(cache=True)
+def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr,
+                         dust):  # pragma: no cover - compiled
+    """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage: (ok, root,
+    tainted, final value, residual-edge mask, A, B, wmax, hist, size, key, merges), with
+    ``ea``/``eb`` becoming A/B in place; not ok (and nothing done) where keys repeat, a
+    weight is NaN or there are 2**31 segments."""
+    n = size.size
+    size, key, hist, tainted = size.copy(), key.copy(), hist.copy(), frozen.copy()
+    out = np.zeros((n, 4), np.float64)
+    root = np.arange(n)
+    final_val = np.zeros(n, np.uint64)
+    ok = n < 2**31 and not np.isnan(wmax).any()
+    k0 = key.min() if n else np.uint64(0)
+    if n and key.max() - k0 < 16 * n:  # distinct keys? by a bitmap, else by sorting
+        seen = np.zeros(np.int64(key.max() - k0) + 1, np.bool_)
+        for i in range(n):
+            ok &= not seen[key[i] - k0]
+            seen[key[i] - k0] = True
+    else:
+        sk = np.sort(key)
+        for i in range(1, n):
+            ok &= sk[i] != sk[i - 1]
+    if not ok:
+        return (False, root, tainted, final_val, np.zeros(ea.size, np.bool_), ea, eb, wmax,
+                hist, size, key, out[:0])
+    m = 0  # edges by descending weight: order[:m], or the first m edges if already so
+    while m < wmax.size and wmax[m] > threshold:
+        m += 1
+    order = np.arange(0)
+    presorted = True
+    for e in range(1, wmax.size):
+        if wmax[e] > wmax[e - 1]:
+            order = np.flatnonzero(wmax > threshold)
+            order = order[np.argsort(-wmax[order].astype(np.float64))]
+            presorted, m = False, order.size
+            break
+    parent = np.arange(n).astype(np.int32)
+    ghead = np.full(n, -1, np.int64)
+    gnext = np.empty(0, np.int64)
+    nm = i = 0
+    while i < m:
+        e = i if presorted else order[i]
+        j = i + 1
+        while j < m and wmax[j if presorted else order[j]] == wmax[e]:
+            j += 1
+        if j == i + 1:
+            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
+            if ra != rb:
+                nm = _decide(parent, size, key, tainted, ra, rb, np.float64(wmax[e]), out, nm,
+                             size_thr)[0]
+        else:
+            es = np.arange(i, j) if presorted else order[i:j]
+            if gnext.size < 2 * es.size:
+                gnext = np.empty(2 * es.size, np.int64)
+            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted, out,
+                            nm, size_thr, ghead, gnext)
+        i = j
+    for i in range(nm):
+        o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
+        for j in range(hist.shape[1]):
+            hist[r, j] += hist[o, j]
+    for i in range(n):
+        root[i] = _find(parent, i)
+        if root[i] == i:
+            final_val[i] = 0 if size[i] < dust else key[i] + 1
+    res, wout = _residual(parent, tainted, ea, eb, wmax, threshold)
+    return True, root, tainted, final_val, res, ea, eb, wout, hist, size, key, out[:nm].copy()
