@@ -45,8 +45,10 @@ def map_job(store: Store, layout: Layout, coord: Vec, prob_padded: np.ndarray,
     c = kernels.label_chunk(prob_padded, params.threshold, params.connectivity,
                             np.array(box.start), np.array(layout.bbox.start),
                             np.array(layout.bbox.shape), layout.id_offset(coord))
-    out = {k: getattr(c, k) for k in ("labels", "ids", "size", "sums", "lo", "hi", "key",
-                                      "boundary_pos", "boundary_id", "link_id", "link_pos")}
+    out = {k: getattr(c, k) for k in ("fg_pos", "fg_label", "ids", "size", "sums", "lo", "hi",
+                                      "key", "boundary_pos", "boundary_id", "link_id",
+                                      "link_pos")}
+    out["shape"] = np.array(box.shape, np.int64)
     if seg is not None:
         out["seg_ids"], out["seg_counts"] = fastremap.unique(seg, return_counts=True)
     store.put(f"syn/map/{_tag(coord)}", out)
@@ -83,10 +85,9 @@ def reduce_job(store: Store, layout: Layout, params: SynapseParams) -> dict[str,
     return {"components": len(cat["ids"]), "clefts": len(red["id"])}
 
 
-def cleft_labels(store: Store, coord: Vec, final: bool,
-                 out: np.ndarray | None = None) -> np.ndarray:
-    """The chunk's cleft ids: after the reduce, or (``final``) after filtering and dedup
-    (written into ``out`` when given)."""
+def cleft_labels(store: Store, coord: Vec, final: bool) -> np.ndarray:
+    """The chunk's cleft ids (uint64): after the reduce, or (``final``) after filtering and
+    dedup."""
     m = store.get(f"syn/map/{_tag(coord)}")
     red = store.get("syn/reduce")
     lut = np.zeros(len(m["ids"]) + 1, np.uint64)
@@ -94,12 +95,9 @@ def cleft_labels(store: Store, coord: Vec, final: bool,
     if final:
         fin = store.get("syn/final")
         lut[1:] = apply_map(lut[1:], (fin["from"], fin["to"]))
-    labels = np.ascontiguousarray(m["labels"])
-    if out is None:
-        out = np.zeros(labels.shape, np.uint64)
-    else:
-        out[...] = 0
-    return kernels.relabel(lut, labels, out)
+    out = np.zeros(tuple(m["shape"]), np.uint64)  # clefts are sparse: most pages stay unwritten
+    out.reshape(-1)[m["fg_pos"]] = lut[m["fg_label"]]
+    return out
 
 
 def assign_job(store: Store, layout: Layout, coord: Vec, clefts: np.ndarray,

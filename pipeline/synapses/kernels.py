@@ -24,13 +24,16 @@ CONNECTIVITY_OFFSETS = {
 class ChunkClefts:
     """One chunk's thresholded components and what the reduce needs.
 
-    ``size``, ``sums`` (coordinate sums, exact int64), ``lo``/``hi`` (inclusive bbox), ``key``
-    (smallest linear index) per component; ``boundary_pos``/``boundary_id``: linear index and
-    id of the chunk's foreground voxels on faces inside the run; ``link_id``/``link_pos``: a
-    component and the linear index of a foreground voxel outside the chunk that it touches.
+    ``fg_pos``/``fg_label``: the flat (C-order) index in the chunk and the local label (1..n)
+    of every foreground voxel (clefts are sparse); ``size``, ``sums`` (coordinate sums, exact
+    int64), ``lo``/``hi`` (inclusive bbox), ``key`` (smallest linear index) per component;
+    ``boundary_pos``/``boundary_id``: linear index and id of the chunk's foreground voxels on
+    faces inside the run; ``link_id``/``link_pos``: a component and the linear index of a
+    foreground voxel outside the chunk that it touches.
     """
 
-    labels: np.ndarray
+    fg_pos: np.ndarray
+    fg_label: np.ndarray
     ids: np.ndarray
     size: np.ndarray
     sums: np.ndarray
@@ -49,23 +52,11 @@ def linear_index(coords: np.ndarray, run_start: np.ndarray, run_shape: np.ndarra
     return rel[:, 0] + run_shape[0] * (rel[:, 1] + run_shape[1] * rel[:, 2])
 
 
-_BLOCK = 32  # voxels tested at once for any foreground (clefts are sparse)
-
-
-@njit(cache=True, inline="always")
-def _any_nonzero(flat, start, stop):  # pragma: no cover - compiled
-    """Whether ``flat[start:stop]`` holds a nonzero label (one OR over the block)."""
-    acc = 0
-    for i in range(start, stop):
-        acc |= flat[i]
-    return acc != 0
-
-
 @njit(cache=True)
-def _chunk_stats(local, n, prob, threshold, origin, run_start, run_shape,
+def _chunk_stats(local, fg, n, prob, threshold, origin, run_start, run_shape,
                  offsets):  # pragma: no cover - compiled
-    """One pass over a C-ordered chunk labelled 1..n: per-component stats, boundary voxels
-    and links. Runs of background are skipped a block at a time."""
+    """Per-component stats, boundary voxels and links of a C-ordered chunk labelled 1..n,
+    visiting only its foreground voxels ``fg`` (flat indices); also their labels."""
     X, Y, Z = local.shape
     size = np.zeros(n, np.int64)
     sums = np.zeros((n, 3), np.int64)
@@ -77,50 +68,48 @@ def _chunk_stats(local, n, prob, threshold, origin, run_start, run_shape,
     b_comp = np.empty(cap, np.int64)
     l_comp = np.empty(cap * len(offsets), np.int64)
     l_pos = np.empty(cap * len(offsets), np.int64)
+    fg_label = np.empty(fg.size, local.dtype)
     nb = 0
     nl = 0
     flat = local.ravel()
-    for start in range(0, flat.size, _BLOCK):
-        stop = min(start + _BLOCK, flat.size)
-        if not _any_nonzero(flat, start, stop):
+    for j in range(fg.size):
+        i = fg[j]
+        fg_label[j] = flat[i]
+        c = np.int64(flat[i]) - 1
+        x, yz = divmod(i, Y * Z)
+        y, z = divmod(yz, Z)
+        gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
+        lin = (gx - run_start[0]) + run_shape[0] * (
+            (gy - run_start[1]) + run_shape[1] * (gz - run_start[2]))
+        size[c] += 1
+        sums[c, 0] += gx
+        sums[c, 1] += gy
+        sums[c, 2] += gz
+        if lin < key[c]:
+            key[c] = lin
+        lo[c, 0] = min(lo[c, 0], gx)
+        lo[c, 1] = min(lo[c, 1], gy)
+        lo[c, 2] = min(lo[c, 2], gz)
+        hi[c, 0] = max(hi[c, 0], gx)
+        hi[c, 1] = max(hi[c, 1], gy)
+        hi[c, 2] = max(hi[c, 2], gz)
+        if 0 < x < X - 1 and 0 < y < Y - 1 and 0 < z < Z - 1:
             continue
-        for i in range(start, stop):
-            c = np.int64(flat[i]) - 1
-            if c < 0:
+        b_pos[nb] = lin
+        b_comp[nb] = c
+        nb += 1
+        for k in range(offsets.shape[0]):
+            ux, uy, uz = x + offsets[k, 0], y + offsets[k, 1], z + offsets[k, 2]
+            if 0 <= ux < X and 0 <= uy < Y and 0 <= uz < Z:
                 continue
-            x, yz = divmod(i, Y * Z)
-            y, z = divmod(yz, Z)
-            gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
-            lin = (gx - run_start[0]) + run_shape[0] * (
-                (gy - run_start[1]) + run_shape[1] * (gz - run_start[2]))
-            size[c] += 1
-            sums[c, 0] += gx
-            sums[c, 1] += gy
-            sums[c, 2] += gz
-            if lin < key[c]:
-                key[c] = lin
-            lo[c, 0] = min(lo[c, 0], gx)
-            lo[c, 1] = min(lo[c, 1], gy)
-            lo[c, 2] = min(lo[c, 2], gz)
-            hi[c, 0] = max(hi[c, 0], gx)
-            hi[c, 1] = max(hi[c, 1], gy)
-            hi[c, 2] = max(hi[c, 2], gz)
-            if 0 < x < X - 1 and 0 < y < Y - 1 and 0 < z < Z - 1:
+            if not prob[ux + 1, uy + 1, uz + 1] > threshold:
                 continue
-            b_pos[nb] = lin
-            b_comp[nb] = c
-            nb += 1
-            for k in range(offsets.shape[0]):
-                ux, uy, uz = x + offsets[k, 0], y + offsets[k, 1], z + offsets[k, 2]
-                if 0 <= ux < X and 0 <= uy < Y and 0 <= uz < Z:
-                    continue
-                if not prob[ux + 1, uy + 1, uz + 1] > threshold:
-                    continue
-                l_comp[nl] = c
-                l_pos[nl] = lin + offsets[k, 0] + run_shape[0] * (
-                    offsets[k, 1] + run_shape[1] * offsets[k, 2])
-                nl += 1
-    return size, sums, lo, hi, key, b_pos[:nb], b_comp[:nb], l_comp[:nl], l_pos[:nl]
+            l_comp[nl] = c
+            l_pos[nl] = lin + offsets[k, 0] + run_shape[0] * (
+                offsets[k, 1] + run_shape[1] * offsets[k, 2])
+            nl += 1
+    return (fg_label, size, sums, lo, hi, key, b_pos[:nb].copy(), b_comp[:nb].copy(),
+            l_comp[:nl].copy(), l_pos[:nl].copy())
 
 
 def label_chunk(prob_padded: np.ndarray, threshold: float, connectivity: int,
@@ -129,33 +118,22 @@ def label_chunk(prob_padded: np.ndarray, threshold: float, connectivity: int,
     """Threshold and label the chunk (``prob_padded`` is the chunk grown by one voxel, with
     voxels outside the run 0); measure components and record continuations.
 
-    ``labels`` are the dense local labels (1..n, the smallest unsigned dtype); the chunk's ids are
-    ``id_offset + 1..n``.
+    The chunk's ids are ``id_offset + 1..n`` for its local labels 1..n.
     """
     own = prob_padded[1:-1, 1:-1, 1:-1] > threshold  # a new, C-contiguous array
-    local, n = cc3d.connected_components(own, connectivity=connectivity,
-                                         return_N=True)  # smallest dtype, C order
+    fg = np.flatnonzero(own)
+    # at most one label per foreground voxel: cc3d sizes its union-find tables by that
+    local, n = cc3d.connected_components(own, connectivity=connectivity, return_N=True,
+                                         max_labels=fg.size + 1)  # C order
     offsets = np.array(CONNECTIVITY_OFFSETS[connectivity], np.int64) - 1
-    size, sums, lo, hi, key, b_pos, b_comp, l_comp, l_pos = _chunk_stats(
-        np.ascontiguousarray(local), int(n), prob_padded, prob_padded.dtype.type(threshold),
-        origin.astype(np.int64),
+    fg_label, size, sums, lo, hi, key, b_pos, b_comp, l_comp, l_pos = _chunk_stats(
+        np.ascontiguousarray(local), fg, int(n), prob_padded,
+        prob_padded.dtype.type(threshold), origin.astype(np.int64),
         run_start.astype(np.int64), run_shape.astype(np.int64), offsets)
     ids = np.arange(1, len(size) + 1, dtype=np.uint64) + np.uint64(id_offset)
-    return ChunkClefts(local, ids, size, sums, lo, hi, key.astype(np.uint64), b_pos,
+    pos = fg.astype(np.int32) if own.size < 2**31 else fg
+    return ChunkClefts(pos, fg_label, ids, size, sums, lo, hi, key.astype(np.uint64), b_pos,
                        ids[b_comp], ids[l_comp], l_pos)
-
-
-@njit(cache=True)
-def relabel(lut, labels, out):  # pragma: no cover - compiled
-    """``out[i] = lut[labels[i]]`` for every nonzero label; ``out`` must hold 0 elsewhere
-    (as a fresh ``np.zeros`` does: clefts are sparse, so most of its pages are never written).
-    No temporaries; both C-contiguous."""
-    flat, dst = labels.ravel(), out.ravel()
-    for i in range(flat.size):
-        v = flat[i]
-        if v:
-            dst[i] = lut[v]
-    return out
 
 
 def stitch(ids: np.ndarray, boundary_pos: np.ndarray, boundary_id: np.ndarray,
