@@ -41,12 +41,20 @@ def config_of(context_or_conf: dict[str, Any]) -> RunConfig:
 
 
 def run_wave(conf: dict, name: str, tasks_of: Callable[[RunConfig], list],
-             pool: str = "cpu", stage: str = "") -> dict:
+             pool: str = "cpu", stage: str = "", chain: bool = False) -> dict:
     """Enqueue ``tasks_of(config)`` as wave ``name`` and wait for it, recording progress
-    under the run's scratch path (for `petarecon status`) and stopping on a cancel."""
+    under the run's scratch path (for `petarecon status`) and stopping on a cancel. In the
+    chain, a wave an interrupted attempt of the stage finished is skipped (resume)."""
+    from pipeline import chain as chain_
     from pipeline import status, waves
 
     config = config_of(conf)
+    done = chain_.wave_done(config, stage, name) if chain else None
+    if done is not None:
+        logging.getLogger("petarecon").info("wave %s: finished before the interruption, "
+                                            "skipped", name)
+        status.mark_wave(config, stage, name, done)
+        return {**done, "stage": stage, "resumed": True}
     reporter = status.progress_reporter(config, stage, name)
     try:
         out = waves.run_wave(config, name, tasks_of(config), pool=pool, reporter=reporter)
@@ -54,6 +62,8 @@ def run_wave(conf: dict, name: str, tasks_of: Callable[[RunConfig], list],
         status.mark_wave(config, stage, name, None, e)
         raise
     status.mark_wave(config, stage, name, out)
+    if chain:
+        chain_.mark_wave_done(config, stage, out)
     return {**out, "stage": stage}
 
 
@@ -93,7 +103,8 @@ class Stage:
              trigger_rule: str | None = None):
         """A node running one wave: enqueue ``tasks_of(config)``, scale check, wait."""
         def work(conf: dict) -> dict:
-            return run_wave(conf, wave, tasks_of, self.pool_of(config_of(conf)), self.name)
+            return run_wave(conf, wave, tasks_of, self.pool_of(config_of(conf)), self.name,
+                            self.chain)
         return self.node(task_id, work, trigger_rule)
 
     def scale_up(self):

@@ -35,7 +35,7 @@ def alignment_body(st: Stage, conf) -> list:
     """Defects (then the sections table), then one node per alignment wave."""
     def defects(conf: dict) -> dict:
         out = run_wave(conf, "alignment defects", lambda c: st.module().tasks(c, "defects"),
-                       stage=st.name)
+                       stage=st.name, chain=st.chain)
         return {**out, "sections": st.module().reduce_sections(config_of(conf))}
 
     def wave(name: str):
@@ -62,8 +62,8 @@ def segmentation_body(st: Stage, conf) -> list:
             make = stage.watershed_tasks if prefix == "ws" else stage.agglomeration_tasks
             waves = ["chunks", "faces"] if (prefix, lvl) == ("ws", 0) else \
                 ["chunks"] if lvl == 0 else ["nodes"]
-            return [run_wave(conf, f"{prefix} level {lvl} {w}",
-                             lambda c, w=w: make(c, w, lvl), stage=st.name) for w in waves]
+            return [run_wave(conf, f"{prefix} level {lvl} {w}", lambda c, w=w: make(c, w, lvl),
+                             stage=st.name, chain=st.chain) for w in waves]
         return st.node(f"{prefix}_level_{lvl}", work, AFTER_SKIPS)(conf)
 
     def remap(prefix: str):
@@ -71,7 +71,8 @@ def segmentation_body(st: Stage, conf) -> list:
             stage = st.module()
             config = config_of(conf)
             make = stage.watershed_tasks if prefix == "ws" else stage.agglomeration_tasks
-            out = run_wave(conf, f"{prefix} remap", lambda c: make(c, "remap"), stage=st.name)
+            out = run_wave(conf, f"{prefix} remap", lambda c: make(c, "remap"), stage=st.name,
+                           chain=st.chain)
             s = config.segmentation
             stage.finish_layer(config, s.ws_layer if prefix == "ws" else s.seg_layer)
             return out

@@ -20,8 +20,15 @@ its record says complete with the same fingerprint (a hash of everything the sta
 its config section, the wired inputs, bbox, mip and chunk sizes), every output layer's status
 file says ``complete``, and every output layer holds at mip 0 the number of chunks its grid
 requires (counted when the stage finished and again now). A rerun skips a verified stage's
-waves; a stage that is not verified reruns whole (its prepare resets its scratch tables), and
-so does every stage after one that reran since they finished.
+waves; a stage that is not verified reruns, and so does every stage after one that reran
+since they finished.
+
+**Resume within a stage.** While a stage runs, each wave that finishes (every task done) is
+added to the record's ``waves_done`` with the chunk counts of the stage's output layers then.
+A rerun of an interrupted stage (record still ``running``: cancelled, failed or killed) with
+the same fingerprint, no upstream stage finished since it started and every output layer
+still holding at least those chunks, keeps its layers and scratch tables (no prepare) and
+skips the waves done; otherwise the stage starts over (its prepare resets its tables).
 """
 
 from __future__ import annotations
@@ -202,11 +209,26 @@ def verify(config: RunConfig, stage: str) -> tuple[bool, str]:
     return True, ""
 
 
+def _resumable(config: RunConfig, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The waves an interrupted attempt (``rec``) finished whose outputs are all still
+    there; [] when it cannot be resumed."""
+    done = rec.get("waves_done") or []
+    if rec.get("state") != "running" or not done or \
+            rec.get("fingerprint") != fingerprint(config, rec["stage"]):
+        return []
+    for name, count in done[-1].get("layers", {}).items():
+        path = outputs(config, rec["stage"]).get(name, ("",))[0]
+        if not path or chunk_count(path) < count:
+            return []
+    return done
+
+
 def plan(config: RunConfig, stage: str) -> dict[str, Any]:
     """Decide whether ``stage`` runs now; write the decision into its record and return it.
 
     Skipped by config → state "skipped"; verified and no earlier stage finished after it →
-    "complete" kept (its waves are skipped); otherwise "running" with a new fingerprint.
+    "complete" kept (its waves are skipped); otherwise "running" with a new fingerprint,
+    carrying the finished waves of an interrupted attempt it can resume (``waves_done``).
     """
     rec = record(config, stage) or {}
     order = CHAIN.index(stage)
@@ -214,17 +236,40 @@ def plan(config: RunConfig, stage: str) -> dict[str, Any]:
         rec = {**rec, "stage": stage, "order": order, "state": "skipped", "why": "chain.skip"}
     else:
         ok, why = verify(config, stage)
+        since = rec.get("finished") or rec.get("started") or 0
         newer = [s for s in enabled(config)[:enabled(config).index(stage)]
-                 if (record(config, s) or {}).get("finished", 0) > rec.get("finished", 0)]
+                 if (record(config, s) or {}).get("finished", 0) > since]
         if ok and not newer:
             rec.update(resumed=True, why="complete and verified")
             _cf(config).put_json(f"{stage}.json", rec)
             return rec
+        done = [] if newer else _resumable(config, rec)
+        if done:
+            why = f"resumed after {len(done)} finished wave(s)"
+        elif newer:
+            why = f"upstream {newer[0]} reran"
         rec = {"stage": stage, "order": order, "state": "running", "started": time.time(),
-               "fingerprint": fingerprint(config, stage),
-               "why": f"upstream {newer[0]} reran" if ok else why}
+               "fingerprint": fingerprint(config, stage), "why": why, "waves_done": done}
     _cf(config).put_json(f"{stage}.json", rec)
     return rec
+
+
+def wave_done(config: RunConfig, stage: str, wave: str) -> dict[str, Any] | None:
+    """The record of ``wave`` if the running attempt of ``stage`` resumes it as finished."""
+    rec = record(config, stage) or {}
+    if rec.get("state") != "running":
+        return None
+    return next((w for w in rec.get("waves_done", []) if w["wave"] == wave), None)
+
+
+def mark_wave_done(config: RunConfig, stage: str, out: dict[str, Any]) -> None:
+    """Add a finished wave (``run_wave``'s summary) to the running stage's record."""
+    rec = record(config, stage) or {}
+    if rec.get("state") != "running":
+        return
+    layers = {n: chunk_count(p) for n, (p, _) in outputs(config, stage).items()}
+    rec["waves_done"] = [*rec.get("waves_done", []), {**out, "layers": layers}]
+    _cf(config).put_json(f"{stage}.json", rec)
 
 
 def runs(config: RunConfig, stage: str) -> bool:
@@ -250,7 +295,8 @@ def begin(config: RunConfig, stage: str) -> RunConfig:
         return config
     mod = module(stage)
     checked = mod.sanity_check(stage_config(config, stage, prior))
-    mod.prepare(checked)
+    if not rec.get("waves_done"):  # a resumed attempt keeps its layers and tables
+        mod.prepare(checked)
     return checked
 
 
@@ -263,6 +309,7 @@ def complete(config: RunConfig, stage: str, waves: list[dict] | None = None) -> 
               for n, (p, k) in outputs(config, stage).items()}
     now = time.time()
     box = config.bounds
+    rec.pop("waves_done", None)
     rec.update(state="complete", finished=now, seconds=round(now - rec.get("started", now), 3),
                layers=layers, waves=waves or [], workers=config.cluster.workers,
                voxels=int(box.volume) if box is not None else None)

@@ -3,7 +3,8 @@
 One tiny misaligned synthetic volume goes through alignment → inference → segmentation →
 synapses → postprocess. The chain must equal the stage DAGs run one after another, bit for
 bit; a rerun must skip every verified stage without rewriting a byte; a damaged output must
-make exactly its stage and the later ones rerun; a skipped stage must not run.
+make exactly its stage and the later ones rerun; a skipped stage must not run; a run
+cancelled mid-stage must resume at the wave it stopped in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,56 @@ def test_damaged_stage_reruns_with_later_ones_and_skip_is_honoured(chained):
     again = list(csv.DictReader((out / "scratch/synapses/synapses.csv").open()))
     assert again == rows
     shutil.rmtree(root / "b", ignore_errors=True)
+
+
+def _state(progress: Path) -> str | None:
+    try:
+        return json.loads(progress.read_text())["state"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being rewritten
+        return None
+
+
+def test_cancelled_run_resumes_at_the_wave_it_stopped_in(chained):
+    """Cancel during segmentation once its first wave finished; the rerun skips the verified
+    stages and the waves that finished, runs the rest, and equals the uninterrupted run."""
+    root, _ = chained
+    doc = document(root, "c")
+    (root / "c.yaml").write_text(yaml.safe_dump(doc))
+    run = subprocess.Popen([EXE, "run", "c.yaml"], cwd=root, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    first = root / "c/scratch/progress/ws-level-0-chunks.json"
+    try:
+        deadline = time.monotonic() + 600
+        while _state(first) != "done":
+            assert run.poll() is None, run.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "segmentation never started"
+            time.sleep(0.1)
+        cancel = subprocess.run([EXE, "cancel", "c.yaml"], cwd=root, capture_output=True,
+                                text=True, timeout=120)
+        assert cancel.returncode == 0, cancel.stderr[-2000:]
+        _, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 2 and "cancelled" in err, err[-2000:]
+    rec = json.loads((root / "c/scratch/chain/segmentation.json").read_text())
+    assert rec["state"] == "running"
+    done = [w["wave"] for w in rec["waves_done"]]
+    assert done[0] == "ws level 0 chunks"
+    proc = run_cli(root, doc, "c.yaml")
+    logs = proc.stdout + proc.stderr
+    assert "wave alignment" not in logs and "wave inference" not in logs
+    for wave in done:
+        assert f"wave {wave}: finished before the interruption, skipped" in logs, wave
+        assert f"wave {wave}: done" not in logs, wave
+    assert "wave agg remap: done" in logs or "agg remap" in done
+    recs = {s: json.loads((root / "c/scratch/chain" / f"{s}.json").read_text())
+            for s in chain.CHAIN}
+    assert recs["segmentation"]["why"] == f"resumed after {len(done)} finished wave(s)"
+    assert all(r["state"] == "complete" for r in recs.values())
+    assert recs["alignment"]["resumed"] and recs["inference"]["resumed"]
+    a, c = arrays(root / "a"), arrays(root / "c")
+    for name in LAYERS:
+        assert np.array_equal(a[name], c[name]), name
+    for table in TABLES:
+        assert digest(root / "a/scratch" / table) == digest(root / "c/scratch" / table), table
