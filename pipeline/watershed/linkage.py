@@ -23,15 +23,27 @@ from pipeline.regiongraph_kernel import _find, _map_new, _map_slot
 
 
 @njit(cache=True)
-def _decide(parent, size, key, tainted, ra, rb, v, out, nm, size_thr):  # pragma: no cover
-    """Pop roots ``ra != rb``: (merges so far, survivor or -1, absorbed root or -1, root
-    newly tainted or -1)."""
-    if not (size[ra] < size_thr or size[rb] < size_thr):
+def _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm, size_thr,
+            tie):  # pragma: no cover - compiled
+    """Pop segments ``ra != rb``: (merges so far, survivor or -1, absorbed root or -1,
+    segment newly tainted or -1). Tainted segments are grouped in clusters (``cparent``,
+    sizes ``csize``) by the certain merges below; an untainted segment is its own cluster."""
+    ca, cb = _find(cparent, ra), _find(cparent, rb)
+    sa = csize[ca] if tainted[ca] else size[ca]
+    sb = csize[cb] if tainted[cb] else size[cb]
+    if ca == cb or not (sa < size_thr or sb < size_thr):
         return nm, -1, -1, -1
-    if tainted[ra] or tainted[rb]:
-        t = -1 if tainted[ra] and tainted[rb] else (rb if tainted[ra] else ra)
-        tainted[ra] = tainted[rb] = True
-        return nm, -1, -1, t
+    if tainted[ca] or tainted[cb]:
+        if tainted[ca] and tainted[cb]:
+            return nm, -1, -1, -1
+        x, c = (rb, ca) if tainted[ca] else (ra, cb)
+        tainted[x] = True
+        if not tie and size[x] < size_thr:  # certain: x joins c's cluster
+            cparent[x] = c
+            csize[c] += size[x]
+        else:
+            csize[x] = size[x]
+        return nm, -1, -1, x
     r, o = (ra, rb) if key[ra] < key[rb] or (key[ra] == key[rb] and ra < rb) else (rb, ra)
     parent[o] = r
     size[r] += size[o]
@@ -57,10 +69,15 @@ def _push_edge(heap, e, k, ea, eb, parent, key, tainted):  # pragma: no cover - 
 
 
 @njit(cache=True)
-def _tie_group(es, ea, eb, v, parent, size, key, tainted, out, nm, size_thr, ghead,
-               gnext):  # pragma: no cover - compiled
+def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, nm, size_thr,
+               ghead, gnext, fresh):  # pragma: no cover - compiled
     """Edges ``es`` of one weight ``v`` in the queue's order; a merge or a taint re-queues
-    the edges whose order it changed (their older entries are then skipped)."""
+    the edges whose order it changed (their older entries are then skipped).
+
+    A small segment tainted through an edge to a cluster tainted before the group, with all
+    its edges of the group leading into that cluster, is certain to join it: it has no other
+    way at this weight, in any order. Those joins are applied after the group, so that no
+    decision within it counts them."""
     heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
     heap.pop()
     for k in range(es.size):
@@ -69,17 +86,29 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, out, nm, size_thr, ghe
             gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
             gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
             _push_edge(heap, es[k], k, ea, eb, parent, key, tainted)
+    joins = np.empty((es.size, 2), np.int64)
+    nj = 0
     while len(heap):
         clean, lo, hi, k = heapq.heappop(heap)
         ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         if ra == rb or _order(key, tainted, ra, rb) != (clean, lo, hi):
             continue
-        nm, r, o, t = _decide(parent, size, key, tainted, ra, rb, v, out, nm, size_thr)
+        nm, r, o, t = _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm,
+                              size_thr, True)
         if t >= 0:  # its edges now come first among equals
+            fresh[t] = True
+            c = _find(cparent, rb if t == ra else ra)
+            alone = size[t] < size_thr and not fresh[c]
             s = ghead[t]
             while s >= 0:
+                a2, b2 = _find(parent, ea[es[s >> 1]]), _find(parent, eb[es[s >> 1]])
+                other = b2 if a2 == t else a2
+                alone &= other == t or (_find(cparent, other) == c and not fresh[other])
                 _push_edge(heap, es[s >> 1], s >> 1, ea, eb, parent, key, tainted)
                 s = gnext[s]
+            if alone:
+                joins[nj, 0], joins[nj, 1] = t, c
+                nj += 1
         if r >= 0:  # the absorbed root's edges move to the survivor, re-keyed
             s = ghead[o]
             while s >= 0:
@@ -88,8 +117,14 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, out, nm, size_thr, ghe
                 _push_edge(heap, es[s >> 1], s >> 1, ea, eb, parent, key, tainted)
                 s = ns
             ghead[o] = -1
+    for i in range(nj):
+        x, c = joins[i, 0], joins[i, 1]
+        cparent[x] = c
+        csize[c] += size[x]
     for k in range(es.size):
-        ghead[_find(parent, ea[es[k]])] = ghead[_find(parent, eb[es[k]])] = -1
+        a, b = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
+        ghead[a] = ghead[b] = -1
+        fresh[a] = fresh[b] = False
     return nm
 
 
@@ -165,6 +200,9 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
             presorted, m = False, order.size
             break
     parent = np.arange(n).astype(np.int32)
+    cparent = parent.copy()
+    csize = size.copy()
+    fresh = np.zeros(n, np.bool_)
     ghead = np.full(n, -1, np.int64)
     gnext = np.empty(0, np.int64)
     nm = i = 0
@@ -176,14 +214,14 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
         if j == i + 1:
             ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
             if ra != rb:
-                nm = _decide(parent, size, key, tainted, ra, rb, np.float64(wmax[e]), out, nm,
-                             size_thr)[0]
+                nm = _decide(parent, size, key, tainted, cparent, csize, ra, rb,
+                             np.float64(wmax[e]), out, nm, size_thr, False)[0]
         else:
             es = np.arange(i, j) if presorted else order[i:j]
             if gnext.size < 2 * es.size:
                 gnext = np.empty(2 * es.size, np.int64)
-            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted, out,
-                            nm, size_thr, ghead, gnext)
+            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted,
+                            cparent, csize, out, nm, size_thr, ghead, gnext, fresh)
         i = j
     for i in range(nm):
         o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
