@@ -13,8 +13,8 @@ faces may still change through their neighbours outside, so any edge reaching th
 and its other endpoint *tainted* (it is frozen from then on). Everything untainted is decided
 exactly as a global run decides it: the heap order is (value, keys), a function of content
 only, and a frozen segment can only affect its neighbours through deferred edges. The root has
-no frozen segments, so it resolves the rest. (Single linkage takes an equivalent union-find
-path: :func:`pipeline.watershed.linkage.single_linkage_dense`.)
+no frozen segments, so it resolves the rest. (Single linkage takes a union-find path that
+decides what this queue decides, and more: :func:`pipeline.watershed.linkage.single_linkage_dense`.)
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def frozen_mask(seg: Segments, node_lo: np.ndarray, node_hi: np.ndarray,
 
 def _resolve_arrays(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold, size_thr,
                    dust, size_limit, size_aff, sem_aff) -> tuple[np.ndarray, ...]:
-    """:func:`resolve_dense`, by union-find for single linkage."""
+    """:func:`resolve_dense`, or for single linkage its union-find path (which taints less)."""
     if mode == MODE_SINGLE_LINKAGE:
         from pipeline.watershed.linkage import single_linkage_dense
 

@@ -1,17 +1,24 @@
 """Size-dependent single linkage by union-find: the fast path of
-:func:`pipeline.regiongraph_kernel.resolve_dense` for ``MODE_SINGLE_LINKAGE``, frozen
-segments included, with the same result.
+:func:`pipeline.regiongraph_kernel.resolve_dense` for ``MODE_SINGLE_LINKAGE``.
 
-The queue of ``resolve_dense`` pops, for each pair of current segments, the max of the edges
-between them: the first of its original edges in descending order. Every later pop of that
-pair does nothing: a merge joined it, a rejection (both sides >= ``ws_size``) stays one as
-sizes only grow, and a taint left both sides tainted, which never merge. So the original
-edges are walked once in descending order; equal weights are taken in the queue's order:
-edges touching tainted segments first, then by the keys of their current segments. An edge
-between a tainted and an untainted segment, not rejected, taints the untainted one. The
-residual edges are the pairs of distinct tainted segments, with their max weight.
+With nothing frozen it gives the same result as the merge queue. The queue pops, for each
+pair of current segments, the max of the edges between them: the first of its original
+edges in descending order. Every later pop of that pair does nothing: a merge joined it, a
+rejection (both sides >= ``ws_size``) stays one as sizes only grow, and a taint left both
+sides tainted, which never merge. So the original edges are walked once in descending order;
+equal weights are taken in the queue's order: edges touching tainted segments first, then by
+the keys of their current segments.
+
+With frozen segments, an edge between a tainted and an untainted segment, not rejected,
+taints the untainted one, as in the queue; but a tainted segment is not left at its own
+size. An untainted segment below ``ws_size`` whose edge at this weight into a tainted
+*cluster* is its only way at that weight joins that segment in the global run whatever the
+rest: so it joins the cluster here (it stays tainted, its own merge is redone above), and the
+cluster's size, a lower bound of the global segment's from the next weight on, makes
+rejections certain that the queue would have deferred. Untainted segments are decided as in
+the global run; the residual edges are the pairs of distinct tainted segments, with their
+max weight.
 """
-
 from __future__ import annotations
 
 import heapq
