@@ -339,11 +339,12 @@ def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> 
     if resid.any():
         lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
         hi = np.full((n, 3), np.iinfo(np.int64).min, np.int64)
-        np.minimum.at(lo, root, seg.lo)
-        np.maximum.at(hi, root, seg.hi)
+        _columns_at(np.minimum, lo, root, seg.lo)
+        _columns_at(np.maximum, hi, root, seg.hi)
         lo, hi = lo[resid], hi[resid]
     rs = Segments(ids[resid], size_out[resid], key_out[resid], lo, hi, hist_out[resid])
-    redges = Edges.concat([Edges(ids[A[res]], ids[B[res]], wmax[res], wsum[res], wcnt[res])])
+    # one edge per pair, A < B: already canonical (ids ascend with the index)
+    redges = Edges(ids[A[res]], ids[B[res]], wmax[res], wsum[res], wcnt[res])
     hist_arr = np.zeros(len(merges), HISTORY_DTYPE)
     if len(merges):
         hist_arr["a"] = ids[merges[:, 0].astype(np.int64)]

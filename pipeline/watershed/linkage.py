@@ -135,6 +135,83 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, n
     return nm
 
 
+_SMALL_GROUP = 16
+
+
+@njit(cache=True)
+def _packed(wmax, threshold):  # pragma: no cover - compiled
+    """(complemented weight bits, index) in a uint64 for each weight above ``threshold``
+    (>= 0), or nothing if the weights are already in descending order."""
+    bits = wmax.view(np.uint32)
+    n = 0
+    ordered = True
+    for e in range(wmax.size):
+        n += wmax[e] > threshold
+        ordered &= e == 0 or not wmax[e] > wmax[e - 1]
+    if ordered:
+        return np.empty(0, np.uint64)
+    packed = np.empty(n, np.uint64)
+    n = 0
+    for e in range(wmax.size):
+        if wmax[e] > threshold:
+            packed[n] = (np.uint64(0xFFFFFFFF - bits[e]) << np.uint64(32)) | np.uint64(e)
+            n += 1
+    return packed
+
+
+def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust):
+    """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage: (ok, root,
+    tainted, final value, residual-edge mask, A, B, wmax, hist, size, key, merges), with
+    ``ea``/``eb`` becoming A/B in place; not ok (and nothing done) where keys repeat, a
+    weight is NaN or there are 2**31 segments. ``wmax`` is float32."""
+    packed = _packed(wmax, threshold)
+    packed.sort()  # numpy's sort (much faster than a compiled one): by weight, then index
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
+                           order)
+
+
+@njit(cache=True)
+def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainted, cparent,
+                    csize, out, nm, size_thr, buf):  # pragma: no cover - compiled
+    """Edges ``i:j`` (of ``order``, or as they stand) of one weight ``v`` with no segment in
+    two of them, if there are at most :data:`_SMALL_GROUP`: then no decision can change
+    another's, in any order, and they are taken as they come (certain joins still applied
+    after the group). Whether it did so; the merge count goes to ``buf[0, 0]``."""
+    g = j - i
+    if g > _SMALL_GROUP:
+        return False
+    for k in range(g):
+        e = k + i if presorted else order[k + i]
+        buf[k + 1, 0], buf[k + 1, 1] = _find(parent, ea[e]), _find(parent, eb[e])
+        for q in range(1, k + 1):
+            if buf[k + 1, 0] == buf[k + 1, 1]:
+                break
+            if buf[q, 0] == buf[q, 1]:
+                continue
+            for x in (buf[k + 1, 0], buf[k + 1, 1]):
+                if x == buf[q, 0] or x == buf[q, 1]:
+                    return False
+    nj = 0
+    for k in range(g):
+        ra, rb = buf[k + 1, 0], buf[k + 1, 1]
+        if ra == rb:
+            continue
+        nm, _, _, t = _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm,
+                              size_thr, True)
+        if t >= 0 and size[t] < size_thr:  # its only edge here leads into the cluster
+            buf[k + 1, 0], buf[k + 1, 1] = t, _find(cparent, rb if t == ra else ra)
+            nj += 1
+        else:
+            buf[k + 1, 0] = -1
+    for k in range(g if nj else 0):
+        if buf[k + 1, 0] >= 0 and buf[k + 1, 0] != buf[k + 1, 1]:
+            cparent[buf[k + 1, 0]] = buf[k + 1, 1]
+            csize[buf[k + 1, 1]] += size[buf[k + 1, 0]]
+    buf[0, 0] = nm
+    return True
+
+
 @njit(cache=True)
 def _residual(parent, tainted, ea, eb, wmax, threshold):  # pragma: no cover - compiled
     """Pairs of distinct tainted roots with an edge above ``threshold``: a mask of one
@@ -170,12 +247,10 @@ def _residual(parent, tainted, ea, eb, wmax, threshold):  # pragma: no cover - c
 
 
 @njit(cache=True)
-def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr,
-                         dust):  # pragma: no cover - compiled
-    """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage: (ok, root,
-    tainted, final value, residual-edge mask, A, B, wmax, hist, size, key, merges), with
-    ``ea``/``eb`` becoming A/B in place; not ok (and nothing done) where keys repeat, a
-    weight is NaN or there are 2**31 segments."""
+def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
+                    order):  # pragma: no cover - compiled
+    """:func:`single_linkage_dense`, given the edges above ``threshold`` in descending
+    ``order`` (empty: the edges are in that order already)."""
     n = size.size
     size, key, hist, tainted = size.copy(), key.copy(), hist.copy(), frozen.copy()
     out = np.zeros((n, 4), np.float64)
@@ -196,20 +271,17 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
         return (False, root, tainted, final_val, np.zeros(ea.size, np.bool_), ea, eb, wmax,
                 hist, size, key, out[:0])
     m = 0  # edges by descending weight: order[:m], or the first m edges if already so
-    while m < wmax.size and wmax[m] > threshold:
-        m += 1
-    order = np.arange(0)
-    presorted = True
-    for e in range(1, wmax.size):
-        if wmax[e] > wmax[e - 1]:
-            order = np.flatnonzero(wmax > threshold)
-            order = order[np.argsort(-wmax[order].astype(np.float64))]
-            presorted, m = False, order.size
-            break
+    presorted = order.size == 0
+    if presorted:
+        while m < wmax.size and wmax[m] > threshold:
+            m += 1
+    else:
+        m = order.size
     parent = np.arange(n).astype(np.int32)
     cparent = parent.copy()
     csize = size.copy()
     fresh = np.zeros(n, np.bool_)
+    buf = np.empty((_SMALL_GROUP + 1, 2), np.int64)
     ghead = np.full(n, -1, np.int64)
     gnext = np.empty(0, np.int64)
     nm = i = 0
@@ -223,12 +295,15 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
             if ra != rb:
                 nm = _decide(parent, size, key, tainted, cparent, csize, ra, rb,
                              np.float64(wmax[e]), out, nm, size_thr, False)[0]
-        else:
+        elif not _disjoint_group(i, j, presorted, order, ea, eb, np.float64(wmax[e]), parent,
+                                 size, key, tainted, cparent, csize, out, nm, size_thr, buf):
             es = np.arange(i, j) if presorted else order[i:j]
             if gnext.size < 2 * es.size:
                 gnext = np.empty(2 * es.size, np.int64)
             nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted,
                             cparent, csize, out, nm, size_thr, ghead, gnext, fresh)
+        else:
+            nm = buf[0, 0]
         i = j
     for i in range(nm):
         o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
