@@ -29,6 +29,13 @@ from numba import njit
 from pipeline.regiongraph_kernel import _find, _map_new, _map_slot
 
 
+@njit(cache=True, inline="always")
+def _join(cparent, csize, size, x, c):  # pragma: no cover - compiled
+    """Tainted segment ``x`` joins cluster ``c`` (a certain merge)."""
+    cparent[x] = c
+    csize[c] += size[x]
+
+
 @njit(cache=True)
 def _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm, size_thr,
             tie):  # pragma: no cover - compiled
@@ -46,8 +53,7 @@ def _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm, size
         x, c = (rb, ca) if tainted[ca] else (ra, cb)
         tainted[x] = True
         if not tie and size[x] < size_thr:  # certain: x joins c's cluster
-            cparent[x] = c
-            csize[c] += size[x]
+            _join(cparent, csize, size, x, c)
         else:
             csize[x] = size[x]
         return nm, -1, -1, x
@@ -125,9 +131,7 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, n
                 s = ns
             ghead[o] = -1
     for i in range(nj):
-        x, c = joins[i, 0], joins[i, 1]
-        cparent[x] = c
-        csize[c] += size[x]
+        _join(cparent, csize, size, joins[i, 0], joins[i, 1])
     for k in range(es.size):
         a, b = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         ghead[a] = ghead[b] = -1
@@ -206,8 +210,7 @@ def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainte
             buf[k + 1, 0] = -1
     for k in range(g if nj else 0):
         if buf[k + 1, 0] >= 0 and buf[k + 1, 0] != buf[k + 1, 1]:
-            cparent[buf[k + 1, 0]] = buf[k + 1, 1]
-            csize[buf[k + 1, 1]] += size[buf[k + 1, 0]]
+            _join(cparent, csize, size, buf[k + 1, 0], buf[k + 1, 1])
     buf[0, 0] = nm
     return True
 
