@@ -5,13 +5,16 @@ Sections ``[z0, z1)`` are cut into blocks of ``block_size`` sections. Block ``b`
 from its first valid section (its *anchor*, identity field). Inside a block each section is
 aligned to the already-aligned previous valid sections (up to ``neighbours`` of them, one
 candidate field each, combined by :func:`pipeline.align.fields.vote`), so an error is never
-compounded by composing pairwise fields; missing sections are skipped. Blocks are independent.
+compounded by composing pairwise fields; missing sections are skipped, and folded ones are
+passed over as references where an unfolded one is near. Blocks are independent.
 
 Stitching brings block ``b`` into the global frame: the correction ``g_b`` solves
-``g + f_b,z(p + g) = G_b-1,z`` (fixed point) on each overlap section and takes the median;
-then ``G_b,z = compose(g_b, f_b,z)``. On the overlap the final field cross-fades from the
-previous block's ``G`` to the next one's (weight ``(j + 1) / (overlap + 1)`` on section ``j``
-of the overlap): the correction decays in over the overlap instead of jumping.
+``g + f_b,z(p + g) = G_b-1,z`` (fixed point) on each unfolded overlap section and takes the
+median of those that agree with the anchor's (see :func:`stitch`); then ``G_b,z =
+compose(g_b, f_b,z)``. On the overlap the final field cross-fades from the previous block's
+``G`` to the next one's (weight ``(j + 1) / (overlap + 1)`` on section ``j`` of the
+overlap, less where the two disagree): the correction decays in over the overlap instead
+of jumping.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def blocks(z0: int, z1: int, block_size: int, overlap: int,
            valid: np.ndarray | None = None) -> list[Block]:
     """The blocks of sections ``[z0, z1)``; raise ValueError if ``block_size < overlap``.
 
-    With ``valid`` (per section of ``[z0, z1)``), a block's overlap reaches back until it
-    holds ``overlap`` valid sections (missing ones do not count), but never before the
-    previous block's own range, so that only neighbouring blocks share sections.
+    With ``valid`` (per section of ``[z0, z1)``: False for those that must not count,
+    e.g. missing or folded ones), a block's overlap reaches back until it holds ``overlap``
+    valid sections, but never before the previous block's own range, so that only
+    neighbouring blocks share sections.
     """
     if block_size < overlap or block_size < 1 or overlap < 0:
         raise ValueError(f"block_size ({block_size}) must be >= overlap ({overlap}) and >= 1")
@@ -65,12 +69,24 @@ def blocks(z0: int, z1: int, block_size: int, overlap: int,
     return out
 
 
-def targets(z: int, done: list[int], valid: np.ndarray, neighbours: int) -> list[int]:
+def targets(z: int, done: list[int], valid: np.ndarray, neighbours: int,
+            clean: np.ndarray | None = None) -> list[int]:
     """Aligned sections that section ``z`` is matched against: the valid sections among
     ``done``, nearest first (ties: the earlier one), at most ``neighbours`` (at least one
-    when any exists)."""
+    when any exists).
+
+    With ``clean`` (per section: no folds or cracks), a folded section is passed over for a
+    clean one at most ``neighbours`` sections farther: a fold's field is least certain next
+    to the fold, and a reference passes its error on to every section aligned to it.
+    """
     near = sorted((t for t in done if t != z and valid[t]), key=lambda t: (abs(t - z), t))
-    return near[:max(1, neighbours)]
+    n = max(1, neighbours)
+    if clean is not None:
+        window = near[:2 * n]
+        picked = [t for t in window if clean[t]][:n]
+        if picked:
+            return picked
+    return near[:n]
 
 
 def order(valid: np.ndarray, clean: np.ndarray) -> list[int]:
@@ -109,7 +125,7 @@ def align_block(images: np.ndarray, masks: np.ndarray, relax: np.ndarray, valid:
     for i, z in enumerate(todo):
         img = as_tensor(images[..., z], dev)
         good = (masks[..., z] != 0) & (relax[..., z] == 0)
-        tz = targets(z, list(aligned), valid, neighbours)
+        tz = targets(z, list(aligned), valid, neighbours, clean)
         if not tz:
             f = torch.zeros((2, X, Y), device=dev)
         else:
@@ -123,7 +139,7 @@ def align_block(images: np.ndarray, masks: np.ndarray, relax: np.ndarray, valid:
         keep: set[int] = set()
         for nxt in ([todo[i + 1]] if i + 1 < len(todo) else []) + \
                 ([back[0]] if back and back[0] not in aligned else []):
-            keep.update(targets(nxt, list(aligned), valid, neighbours))
+            keep.update(targets(nxt, list(aligned), valid, neighbours, clean))
         for t in [t for t in aligned if t not in keep]:
             del aligned[t], fields[t]
     return out
@@ -180,16 +196,37 @@ def fixed_point(target: Tensor, field: Tensor, offset: tuple[int, int] = (0, 0),
 
 
 def stitch(previous: list[Tensor], current: list[Tensor],
-           offset: tuple[int, int] = (0, 0)) -> Tensor | None:
+           offset: tuple[int, int] = (0, 0), tolerance: float = 2.0) -> Tensor | None:
     """Correction bringing a block into the previous block's (global) frame, from its
     overlap sections: ``previous`` = the previous block's global fields ``G`` there,
-    ``current`` = this block's own fields (on a grid larger by ``offset`` each side).
-    Component-wise median over the sections (mean of two); None without overlap."""
+    ``current`` = this block's own fields (on a grid larger by ``offset`` each side), the
+    block's anchor first. None without overlap.
+
+    The anchor's correction is exact by construction (its own field is the identity); the
+    other sections' corrections carry this block's alignment of them, made against fewer
+    references than anywhere else in the block. Per pixel, the result is the median of
+    the corrections within ``tolerance`` px of the anchor's (mean of two), so one section
+    matched wrongly cannot shift the whole block."""
     if not previous:
         return None
     gs = torch.stack([fixed_point(p, c, offset) for p, c in zip(previous, current,
                                                                   strict=True)])
-    return gs.median(dim=0).values if len(gs) > 2 else gs.mean(dim=0)
+    near = (gs - gs[:1]).norm(dim=1, keepdim=True) <= tolerance               # (n, 1, U, V)
+    if len(gs) > 2:
+        far = torch.where(near, gs, torch.full_like(gs, float("nan")))
+        return far.nanmedian(dim=0).values
+    return (gs * near).sum(0) / near.sum(0)
+
+
+def crossfade(owner: Tensor, following: Tensor, weight: float,
+              tolerance: float = 2.0) -> Tensor:
+    """``owner``'s global field faded into the next block's (``following``) by
+    ``weight``, except where the two disagree: the weight falls linearly to 0 between
+    ``tolerance`` and twice that (px), so that a section the next block matched wrongly
+    (next to its anchor it has the fewest references) keeps its owner's field."""
+    gap = (following - owner).norm(dim=0, keepdim=True)
+    w = weight * (2.0 - gap / tolerance).clamp(0.0, 1.0)
+    return (1 - w) * owner + w * following
 
 
 def crossfade_weight(z: int, nxt: Block | None) -> float:

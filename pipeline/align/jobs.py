@@ -25,6 +25,7 @@ from pipeline.align.blocks import (
     Block,
     align_block,
     blocks,
+    crossfade,
     crossfade_weight,
     global_field,
     stitch,
@@ -146,6 +147,13 @@ def _read_fields(vol: Volume, box: Bbox, z0: int, z1: int, margin: int,
     return as_tensor(_fields(data), dev)
 
 
+def steady_sections(sections: dict[str, np.ndarray]) -> np.ndarray:
+    """Sections that neither are missing nor have folds: what block overlaps count and
+    stitching trusts (a fold's field is least certain, and a stitch correction taken
+    from it would shift the whole next block)."""
+    return ~sections["missing"] & ~sections["folded"]
+
+
 def stitch_job(fields: dict[str, Volume], sections: dict[str, np.ndarray],
                blks: list[Block], box: Bbox, z0: int, p: AlignParams) -> list[Tensor | None]:
     """Per block, the correction ``g_b`` (on the xy chunk ``box``) that brings it into the
@@ -153,10 +161,12 @@ def stitch_job(fields: dict[str, Volume], sections: dict[str, np.ndarray],
     dev = device()
     M = p.margin
     valid = ~sections["missing"]
+    steady = steady_sections(sections)
     out: list[Tensor | None] = [None]
     for b in range(1, len(blks)):
         prv, cur = blks[b - 1], blks[b]
-        zs = [z for z in range(cur.start, cur.own) if valid[z - z0]]
+        zs = [z for z in range(cur.start, cur.own) if steady[z - z0]] or \
+            [z for z in range(cur.start, cur.own) if valid[z - z0]]
         fp = _read_fields(fields[prv.parity], box, prv.start, prv.stop, M, dev)
         previous = [global_field(out[-1], fp[z - prv.start], (M, M)) for z in zs]
         if zs:
@@ -178,9 +188,11 @@ def owner(z: int, z0: int, block_size: int) -> int:
 
 
 def compose_job(fields: dict[str, Volume], correction: Callable[[int], Tensor | None],
-                blks: list[Block], box: Bbox, z0: int, p: AlignParams, out: Volume) -> None:
+                blks: list[Block], box: Bbox, z0: int, p: AlignParams, out: Volume,
+                sections: dict[str, np.ndarray] | None = None) -> None:
     """Write the final field of ``box`` (xy chunk x a z range): the owner block's field in
-    the global frame, cross-faded into the next block's over that block's overlap."""
+    the global frame, cross-faded into the next block's over that block's overlap (see
+    :func:`pipeline.align.blocks.crossfade`). A folded section keeps its owner's field."""
     dev = device()
     M = p.margin
     res = np.zeros((*box.shape, 2), np.float32)
@@ -191,9 +203,9 @@ def compose_job(fields: dict[str, Volume], correction: Callable[[int], Tensor | 
         g = global_field(correction(b), f, (M, M))
         nxt = blks[b + 1] if b + 1 < len(blks) else None
         w = crossfade_weight(z, nxt)
-        if w > 0 and nxt is not None:
+        if w > 0 and nxt is not None and (sections is None or not sections["folded"][z - z0]):
             f2 = _read_fields(fields[nxt.parity], box, z, z + 1, M, dev)[0]
-            g = (1 - w) * g + w * global_field(correction(b + 1), f2, (M, M))
+            g = crossfade(g, global_field(correction(b + 1), f2, (M, M)), w)
         res[:, :, z - box.start[2]] = torch.nan_to_num(g).permute(1, 2, 0).cpu().numpy()
     out.write(box, res)
 
@@ -259,7 +271,7 @@ def align_in_memory(image: np.ndarray, p: AlignParams, chunk: Vec | None = None,
     codes = ArrayVolume.empty(bbox, "uint8")
     parts = [defects_job(img, codes, box, p) for box in grid]
     sections = sections_table(parts, 0, Z, p)
-    blks = blocks(0, Z, p.block_size, p.overlap, ~sections["missing"])
+    blks = blocks(0, Z, p.block_size, p.overlap, steady_sections(sections))
     par: dict[str, Volume] = {k: ArrayVolume.empty(bbox, "float32", 2) for k in ("even", "odd")}
     for blk in blks:
         for box in xy:
@@ -268,7 +280,7 @@ def align_in_memory(image: np.ndarray, p: AlignParams, chunk: Vec | None = None,
     final = ArrayVolume.empty(bbox, "float32", 2)
     for box in grid:
         key = str(_xy(box, 0, 1))
-        compose_job(par, lambda b, key=key: corr[key][b], blks, box, 0, p, final)
+        compose_job(par, lambda b, key=key: corr[key][b], blks, box, 0, p, final, sections)
     aligned = ArrayVolume.empty(bbox, "uint8")
     for box in grid:
         render_job(img, final, box, p, aligned, sections)

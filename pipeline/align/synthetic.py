@@ -89,10 +89,13 @@ def warp_stack(clean: np.ndarray, seed: int, *, translation: float = 10.0,
 def warped_volume(shape: tuple[int, int, int], seed: int, *, translation: float = 10.0,
                   amplitude: float = 6.0, wavelength: float = 256.0, folds: int = 0,
                   missing: int = 0, resolution: tuple[float, float, float] = (8, 8, 40),
-                  anchor_clean: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A synthetic volume put through :func:`warp_stack`, then given generator folds and
-    missing sections. Returns (image, truth ``(Z, 2, X, Y)``, defect record)."""
-    clean = synthesize(shape, seed, resolution=resolution).image
+                  anchor_clean: bool = True,
+                  clean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A synthetic volume (or ``clean``, a stack ``(X, Y, Z)`` of that shape) put through
+    :func:`warp_stack`, then given generator folds and missing sections. Returns (image,
+    truth ``(Z, 2, X, Y)``, defect record)."""
+    if clean is None:
+        clean = synthesize(shape, seed, resolution=resolution).image
     out, truth = warp_stack(clean, seed, translation=translation, amplitude=amplitude,
                             wavelength=wavelength, anchor_clean=anchor_clean)
     X, Y, _ = shape
@@ -102,6 +105,17 @@ def warped_volume(shape: tuple[int, int, int], seed: int, *, translation: float 
         z = int(key)
         truth[z] = then(truth[z], fold_field((X, Y), line))
     return image, truth, record
+
+
+def still_tissue(shape: tuple[int, int, int], seed: int, noise: float = 8.0,
+                 resolution: tuple[float, float, float] = (8, 8, 10)) -> np.ndarray:
+    """A clean stack whose tissue does not move along z: every section is the generator's
+    first section plus its own Gaussian noise of ``noise`` grey levels. Whatever an
+    alignment of it drifts is the alignment's own error compounding, not the tissue."""
+    first = synthesize(shape, seed, resolution=resolution).image[..., :1].astype(np.float32)
+    rng = np.random.default_rng(seed + 3000)
+    noisy = first + rng.normal(0.0, noise, shape).astype(np.float32)
+    return np.clip(np.rint(noisy), NO_DATA + 1, 255).astype(np.uint8)
 
 
 def shifted_truth(record: dict, shape: tuple[int, int, int]) -> np.ndarray:

@@ -92,8 +92,8 @@ class Geometry:
 
     def blocks(self, p: jobs.AlignParams,
                sections: dict[str, np.ndarray] | None = None) -> list[Block]:
-        """The blocks; with the sections table, overlaps skip missing sections."""
-        valid = None if sections is None else ~sections["missing"]
+        """The blocks; with the sections table, overlaps skip missing and folded sections."""
+        valid = None if sections is None else jobs.steady_sections(sections)
         return blocks(self.z0, self.z1, p.block_size, p.overlap, valid)
 
 
@@ -194,9 +194,9 @@ def align_compose(conf: dict, bbox: list[int]) -> None:
         d = st.get(f"stitch/{xy}/{b}")
         return torch.from_numpy(d["g"]).to(jobs.device()) if "g" in d else None
 
-    jobs.compose_job(_parity(paths), correction, geo.blocks(p, _sections(config)), box,
-                     geo.z0, p,
-                     LayerVolume(paths["computed_field"]))
+    sections = _sections(config)
+    jobs.compose_job(_parity(paths), correction, geo.blocks(p, sections), box, geo.z0, p,
+                     LayerVolume(paths["computed_field"]), sections)
 
 
 @queueable

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from pipeline.align import ncc
-from pipeline.align.blocks import blocks, crossfade_weight, global_field, order, stitch, targets
+from pipeline.align.blocks import (
+    blocks,
+    crossfade,
+    crossfade_weight,
+    global_field,
+    order,
+    stitch,
+    targets,
+)
 from pipeline.align.fields import ClassicalFieldModel, ClassicalParams, lcn, vote
 from pipeline.align.jobs import AlignParams, render_job
 from pipeline.align.render import composite, partial_runs
@@ -168,6 +176,27 @@ def test_blocks_order_targets_and_stitch():
     g = stitch(prev, pad, (4, 4))
     assert torch.allclose(g, torch.tensor([5.0, -2.0])[:, None, None].expand(2, 16, 16))
     assert torch.allclose(global_field(g, pad[0], (4, 4)), prev[0])
+
+
+def test_folded_references_stitch_outliers_and_disagreeing_crossfades_are_passed_over():
+    valid = np.ones(8, bool)
+    clean = np.array([True, True, True, True, True, False, True, True])
+    assert targets(6, [0, 1, 2, 3, 4, 5], valid, 3, clean) == [4, 3, 2]   # not the fold
+    assert targets(6, [5], valid, 3, clean) == [5]                 # better than nothing
+    assert [(b.start, b.own) for b in blocks(0, 8, 4, 2, clean)] == [(0, 0), (2, 4)]
+    assert [(b.start, b.own) for b in blocks(0, 10, 7, 2, clean)] == [(0, 0), (4, 7)]
+    # the anchor's correction (5, -2); the other overlap section was matched 10 px off
+    prev = [torch.full((2, 8, 8), 1.0), torch.full((2, 8, 8), 2.0)]
+    shift = torch.tensor([5.0, -2.0])[:, None, None]
+    cur = [prev[0] - shift, prev[1] - shift - torch.tensor([10.0, 0.0])[:, None, None]]
+    assert torch.allclose(stitch(prev, cur), shift.expand(2, 8, 8))
+    four = stitch([*prev, *prev], [*cur, prev[0] - shift - 0.5, prev[1] - shift - 0.2])
+    assert torch.allclose(four, (shift + 0.2).expand(2, 8, 8))     # median of the near ones
+    owner, following = torch.zeros(2, 4, 4), torch.zeros(2, 4, 4)
+    following[0, 0, 0], following[0, 1, 1], following[0, 2, 2] = 1.0, 3.0, 9.0
+    mixed = crossfade(owner, following, 0.5)
+    assert mixed[0, 0, 0] == 0.5 and mixed[0, 1, 1] == pytest.approx(0.75)
+    assert mixed[0, 2, 2] == 0.0
 
 
 @pytest.mark.parametrize("scale", [1, 2])
