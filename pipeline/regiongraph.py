@@ -19,6 +19,7 @@ decides what this queue decides, and more: :func:`pipeline.watershed.linkage.sin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,20 +111,15 @@ class Edges:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls()
-        a = np.concatenate([p.a for p in parts])
-        b = np.concatenate([p.b for p in parts])
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        keep = lo != hi
-        if not keep.any():
+        a, b = _cat([p.a for p in parts]), _cat([p.b for p in parts])
+        key, rows, back = _pair_keys(a, b)
+        if not len(key):
             return cls()
-        ua, ub, inv = _unique_rows(lo[keep], hi[keep])
-        n = len(ua)
-        out = cls(ua, ub, np.full(n, -np.inf, np.float32), np.zeros(n, np.int64),
-                  np.zeros(n, np.int64))
-        np.maximum.at(out.wmax, inv, np.concatenate([p.wmax for p in parts])[keep])
-        np.add.at(out.wsum, inv, np.concatenate([p.wsum for p in parts])[keep])
-        np.add.at(out.count, inv, np.concatenate([p.count for p in parts])[keep])
-        return out
+        uk, wmax, wsum, count = _reduce_groups(
+            key, np.argsort(key), rows, _cat([p.wmax for p in parts], np.float32),
+            _cat([p.wsum for p in parts], np.int64), _cat([p.count for p in parts], np.int64))
+        ua, ub = back(uk)
+        return cls(ua, ub, wmax, wsum, count)
 
     def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Edges:
         """Rename endpoints, then combine edges that now join the same pair (dropping loops)."""
@@ -140,24 +136,70 @@ def _columns_at(ufunc: np.ufunc, out: np.ndarray, idx: np.ndarray, values: np.nd
         out[:, c] = col
 
 
-def _unique_rows(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(np.stack([lo, hi], 1), axis=0, return_inverse=True)`` as (column 0, column 1,
-    inverse), by one 1-D unique of a combined uint64 key (of value ranks if need be)."""
-    if lo.dtype.kind not in "iu" or hi.dtype != lo.dtype:
-        uniq, inv = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
-        return uniq[:, 0].copy(), uniq[:, 1].copy(), inv.reshape(-1)
-    small = lo.dtype.kind == "u" and lo.max() < 2**32 and hi.max() < 2**32
-    if small:
-        ra, rb = lo.astype(np.uint64), hi.astype(np.uint64)
-    else:
-        ua, ra = np.unique(lo, return_inverse=True)
-        ub, rb = np.unique(hi, return_inverse=True)
-        ra, rb = ra.reshape(-1).astype(np.uint64), rb.reshape(-1).astype(np.uint64)
-    uk, inv = np.unique((ra << np.uint64(32)) | rb, return_inverse=True)
-    ka, kb = uk >> np.uint64(32), uk & np.uint64(0xFFFFFFFF)
-    if small:
-        return ka.astype(lo.dtype), kb.astype(lo.dtype), inv.reshape(-1)
-    return ua[ka.astype(np.intp)], ub[kb.astype(np.intp)], inv.reshape(-1)
+def _cat(arrays: list[np.ndarray], dtype: type | None = None) -> np.ndarray:
+    """One array of ``arrays`` (no copy for one array of the dtype)."""
+    out = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray) -> tuple[
+        np.ndarray, np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]]:
+    """For the rows with ``a != b``: uint64 keys of the pairs ``(min, max)`` in lexicographic
+    order (equal pairs, equal keys), the rows' indices, and the function turning keys back
+    into the pairs."""
+    if a.dtype == b.dtype == np.uint64 and (not a.size or max(a.max(), b.max()) < 2**32):
+        key, rows = _small_keys(a, b)
+        return key, rows, lambda k: (k >> np.uint64(32), k & np.uint64(0xFFFFFFFF))
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    rows = np.flatnonzero(lo != hi)
+    ua, ra = np.unique(lo[rows], return_inverse=True)       # ranks: any ids, any dtype
+    ub, rb = np.unique(hi[rows], return_inverse=True)
+    key = (ra.reshape(-1).astype(np.uint64) << np.uint64(32)) | rb.reshape(-1).astype(np.uint64)
+    return key, rows, lambda k: (ua[(k >> np.uint64(32)).astype(np.intp)],
+                                 ub[(k & np.uint64(0xFFFFFFFF)).astype(np.intp)])
+
+
+@njit(cache=True)
+def _small_keys(a, b):  # pragma: no cover - compiled
+    """``(min << 32 | max)`` and the row of every row with ``a != b`` (ids < 2**32)."""
+    key = np.empty(a.size, np.uint64)
+    rows = np.empty(a.size, np.int64)
+    m = 0
+    for i in range(a.size):
+        if a[i] != b[i]:
+            lo, hi = min(a[i], b[i]), max(a[i], b[i])
+            key[m] = (lo << np.uint64(32)) | hi
+            rows[m] = i
+            m += 1
+    return key[:m], rows[:m]
+
+
+@njit(cache=True)
+def _reduce_groups(key, order, rows, wmax, wsum, count):  # pragma: no cover - compiled
+    """Per distinct key (ascending; ``order`` sorts ``key``, ``rows`` maps a key to its
+    value row): max of ``wmax``, sums of ``wsum`` and ``count``."""
+    n = order.size
+    groups = 0
+    for i in range(n):
+        if i == 0 or key[order[i]] != key[order[i - 1]]:
+            groups += 1
+    uk = np.empty(groups, np.uint64)
+    wm = np.empty(groups, np.float32)
+    ws = np.zeros(groups, np.int64)
+    wc = np.zeros(groups, np.int64)
+    g = -1
+    for i in range(n):
+        j = order[i]
+        r = rows[j]
+        if i == 0 or key[j] != key[order[i - 1]]:
+            g += 1
+            uk[g] = key[j]
+            wm[g] = wmax[r]
+        elif wmax[r] > wm[g]:
+            wm[g] = wmax[r]
+        ws[g] += wsum[r]
+        wc[g] += count[r]
+    return uk, wm, ws, wc
 
 
 def _locate(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, bool]:
