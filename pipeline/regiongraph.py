@@ -397,11 +397,11 @@ def resolve(seg: Segments, edges: Edges, frozen: np.ndarray, params: Params) -> 
                       final_val[final].astype(np.uint64), rs, redges, hist_arr)
 
 
-def apply_links(seg: Segments, edges: Edges, links: np.ndarray
-                ) -> tuple[Segments, Edges, np.ndarray, np.ndarray]:
-    """Unite basin pieces joined across faces; return the tables and the rename (from, to)."""
+def link_map(seg: Segments, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rename (sorted from, to) uniting basin pieces joined across faces: each group of
+    linked segments takes the id of its member with the smallest key."""
     if not len(links):
-        return seg, edges, np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -409,7 +409,6 @@ def apply_links(seg: Segments, edges: Edges, links: np.ndarray
     n = len(seg)
     graph = coo_matrix((np.ones(len(links)), (idx[:, 0], idx[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
-    # representative: the member with the smallest key
     order = np.lexsort((seg.ids, seg.key, comp))
     first = np.ones(n, bool)
     first[1:] = comp[order][1:] != comp[order][:-1]
@@ -417,8 +416,7 @@ def apply_links(seg: Segments, edges: Edges, links: np.ndarray
     rep_of_comp[comp[order][first]] = seg.ids[order][first]
     rep = rep_of_comp[comp]
     moved = rep != seg.ids
-    mapping = (seg.ids[moved], rep[moved])
-    return seg.relabel(mapping), edges.relabel(mapping), mapping[0], mapping[1]
+    return seg.ids[moved], rep[moved]
 
 
 def compose(first: tuple[np.ndarray, np.ndarray], then: tuple[np.ndarray, np.ndarray]
@@ -447,12 +445,22 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
     seg = Segments.concat([c.segments for c in children])
     alias = _sorted((np.concatenate([c.alias_from for c in children] + [seg.ids]),
                      np.concatenate([c.alias_to for c in children] + [seg.ids])))
-    edges = Edges.concat([c.edges for c in children]
-                         + [Edges(apply_map(e.a, alias), apply_map(e.b, alias), e.wmax, e.wsum,
-                                  e.count) for e in face_edges])
     all_links = np.concatenate(links) if links else np.zeros((0, 2), np.uint64)
     all_links = apply_map(all_links.astype(np.uint64).reshape(-1), alias).reshape(-1, 2)
-    seg, edges, lf, lt = apply_links(seg, edges, all_links)
+    lf, lt = link_map(seg, all_links)
+    # children's edges take the links' rename, face edges (atomic pieces) the aliases' and
+    # then the links'; all are combined once
+    link = (lf, lt)
+    united = (alias[0], apply_map(alias[1], link))
+
+    def renamed(e: Edges, m: tuple[np.ndarray, np.ndarray]) -> Edges:
+        return Edges(apply_map(e.a, m), apply_map(e.b, m), e.wmax, e.wsum, e.count) \
+            if len(m[0]) else e
+
+    edges = Edges.concat([renamed(c.edges, link) for c in children]
+                         + [renamed(e, united) for e in face_edges])
+    if len(lf):
+        seg = seg.relabel((lf, lt))
     res = resolve(seg, edges, frozen_mask(seg, node_lo, node_hi, volume_faces), params)
     res.map_from, res.map_to = compose(_sorted((lf, lt)), _sorted((res.map_from, res.map_to)))
     target = apply_map(alias[1], _sorted((res.map_from, res.map_to)))
