@@ -460,7 +460,7 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
     edges = Edges.concat([renamed(c.edges, link) for c in children]
                          + [renamed(e, united) for e in face_edges])
     if len(lf):
-        seg = seg.relabel((lf, lt))
+        seg = seg.relabel(link)
     res = resolve(seg, edges, frozen_mask(seg, node_lo, node_hi, volume_faces), params)
     res.map_from, res.map_to = compose(_sorted((lf, lt)), _sorted((res.map_from, res.map_to)))
     target = apply_map(alias[1], _sorted((res.map_from, res.map_to)))

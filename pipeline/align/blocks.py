@@ -213,8 +213,8 @@ def stitch(previous: list[Tensor], current: list[Tensor],
                                                                   strict=True)])
     near = (gs - gs[:1]).norm(dim=1, keepdim=True) <= tolerance               # (n, 1, U, V)
     if len(gs) > 2:
-        far = torch.where(near, gs, torch.full_like(gs, float("nan")))
-        return far.nanmedian(dim=0).values
+        agreeing = torch.where(near, gs, torch.full_like(gs, float("nan")))
+        return agreeing.nanmedian(dim=0).values
     return (gs * near).sum(0) / near.sum(0)
 
 
