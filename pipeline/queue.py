@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 import orjson
 from cloudfiles import CloudFiles
 from taskqueue import TaskQueue
+from taskqueue.file_queue_api import FileQueueAPI, nowfn, write_file
+from taskqueue.lib import jsonify, toiter
 
 from pipeline.queue_pubsub import PubSubQueue, QueueUnreachable, decode_task, encode_task
 
@@ -41,13 +45,38 @@ def is_pubsub(url: str) -> bool:
     return url.startswith("pubsub://")
 
 
+class WholeFileQueue(FileQueueAPI):
+    """taskqueue's ``fq://`` queue, except that a task file enters the queue folder only once
+    it is whole. (``FileQueueAPI.insert`` writes it in place: a worker that leases it
+    mid-write reads broken JSON, and the task stays leased, unrun, until its lease expires.)"""
+
+    def insert(self, tasks: Any, delay_seconds: int = 0) -> int:
+        staging = os.path.join(self.path, "staging")            # same filesystem: rename
+        os.makedirs(staging, exist_ok=True)
+        timestamp = nowfn() + delay_seconds if delay_seconds > 0 else 0
+        total = 0
+        for task in toiter(tasks):
+            identifier = str(uuid.uuid4())
+            filename = f"{timestamp}--{identifier}.json"
+            task["id"] = identifier
+            write_file(os.path.join(self.movement_path, identifier), filename + "\n")
+            write_file(os.path.join(staging, filename), jsonify(task))
+            os.rename(os.path.join(staging, filename), os.path.join(self.queue_path, filename))
+            total += 1
+        return total
+
+
 def open_queue(url: str) -> Queue:
-    """A client for queue ``url``: a TaskQueue with progress bars off, or for ``pubsub://`` a
-    :class:`~pipeline.queue_pubsub.PubSubQueue`, which creates the topic and subscription if
-    missing. Raise :class:`QueueUnreachable` (one line) when the service cannot be used."""
+    """A client for queue ``url``: a TaskQueue with progress bars off (``fq://`` through
+    :class:`WholeFileQueue`), or for ``pubsub://`` a :class:`~pipeline.queue_pubsub.PubSubQueue`,
+    which creates the topic and subscription if missing. Raise :class:`QueueUnreachable` (one
+    line) when the service cannot be used."""
     if is_pubsub(url):
         return PubSubQueue(url)
-    return TaskQueue(url, green=False, progress=False)
+    tq = TaskQueue(url, green=False, progress=False)
+    if isinstance(tq.api, FileQueueAPI):
+        tq.api = WholeFileQueue(tq.api.path)
+    return tq
 
 
 def check_queue(url: str) -> None:

@@ -170,3 +170,31 @@ def test_wave_fails_without_workers(setup):
     n = enqueue_wave(queue, [partial(slow_tasks.sleeper, str(marks), "x", 0.0)])
     with pytest.raises(WaveFailed, match="no worker has been running"):
         wait_for_wave(queue, "idle", n, dead, alive=cluster.size, no_worker_grace=1.0)
+
+
+def test_fq_task_file_is_leasable_only_once_whole(tmp_path, monkeypatch):
+    """taskqueue's file queue writes a task file in place, so a worker leasing it mid-write
+    read broken JSON and the task sat leased, unrun, for a whole lease (a 600 s hang seen in
+    CI). Here a second client tries to lease while each task file is being written."""
+    import pipeline.queue as q
+
+    url = f"fq://{tmp_path}/queue"
+    writes, clashes, early = [], [], []
+
+    def write_and_lease(path: str, data: str, *args, **kwargs) -> None:
+        if path.endswith(".json"):
+            writes.append(path)
+            leased = open_queue(url).api.lease(600, 10)             # while it is written
+            clashes.extend(t for t in leased if path.endswith(f"{t['id']}.json"))
+            early.extend(leased)
+        return real_write(path, data, *args, **kwargs)
+
+    real_write = q.write_file
+    monkeypatch.setattr(q, "write_file", write_and_lease)
+    tq = open_queue(url)
+    assert tq.insert([partial(slow_tasks.always_fails, str(i)) for i in range(3)]) == 3
+    assert len(writes) == 3 and clashes == []
+    assert len(early) == 2                       # the two tasks written before the last one
+    monkeypatch.setattr(q, "write_file", real_write)
+    late = open_queue(url).api.lease(600, 10)
+    assert sorted(t["payload"][1][0] for t in early + late) == ["0", "1", "2"]
