@@ -88,8 +88,13 @@ class LocalCluster(Cluster):
         files ``*.pid``), or with ``draining`` those told to stop (``*.draining``). Stale
         files are removed."""
         alive = []
-        files = self.dir.glob("*.draining" if draining else "*.pid")
-        for f in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
+        stamped = []
+        for f in self.dir.glob("*.draining" if draining else "*.pid"):
+            try:  # a worker that exits removes its file at any moment
+                stamped.append((f.stat().st_mtime, f.name, f))
+            except FileNotFoundError:
+                continue
+        for _, _, f in sorted(stamped):
             pid = int(f.stem)
             if _is_worker(pid):
                 alive.append(pid)
