@@ -52,6 +52,10 @@ class Segments:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _distinct(self) -> bool:
+        """Whether ids ascend strictly (then each row is a whole segment)."""
+        return bool(len(self.ids) < 2 or (self.ids[1:] > self.ids[:-1]).all())
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "size": self.size, "key": self.key, "lo": self.lo,
                 "hi": self.hi, "hist": self.hist}
@@ -64,6 +68,13 @@ class Segments:
             return cls()
         k = max(p.hist.shape[1] for p in parts)
         ids = np.concatenate([p.ids for p in parts])
+        hists = [np.pad(p.hist, ((0, 0), (0, k - p.hist.shape[1]))) for p in parts]
+        order = slice(None) if len(ids) < 2 or (ids[1:] > ids[:-1]).all() else \
+            np.argsort(ids, kind="stable")
+        if isinstance(order, slice) or (ids[order[1:]] > ids[order[:-1]]).all():  # distinct
+            return cls(ids[order], *(np.concatenate([getattr(p, f) for p in parts])[order]
+                                     for f in ("size", "key", "lo", "hi")),
+                       np.concatenate(hists)[order])
         uniq, inv = np.unique(ids, return_inverse=True)
         n = len(uniq)
         out = cls(uniq, np.zeros(n, np.int64), np.full(n, np.iinfo(np.uint64).max, np.uint64),
@@ -74,12 +85,27 @@ class Segments:
         _columns_at(np.minimum, out.lo, inv, np.concatenate([p.lo for p in parts]))
         _columns_at(np.maximum, out.hi, inv, np.concatenate([p.hi for p in parts]))
         if k:
-            hists = [np.pad(p.hist, ((0, 0), (0, k - p.hist.shape[1]))) for p in parts]
             _columns_at(np.add, out.hist, inv, np.concatenate(hists))
         return out
 
     def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Segments:
         """Rename ids through (sorted from, to) arrays, then combine rows that now coincide."""
+        if isinstance(mapping, tuple) and len(mapping[0]) and self._distinct():
+            src, dst = mapping
+            pos, found = _locate(self.ids, src)
+            to, into = _locate(self.ids, dst)
+            if found and into and not np.isin(dst, src).any():  # fold renamed rows in
+                keep = np.ones(len(self), bool)
+                keep[pos] = False
+                out = Segments(self.ids, self.size.copy(), self.key.copy(), self.lo.copy(),
+                               self.hi.copy(), self.hist.copy())
+                np.add.at(out.size, to, self.size[pos])
+                np.minimum.at(out.key, to, self.key[pos])
+                _columns_at(np.minimum, out.lo, to, self.lo[pos])
+                _columns_at(np.maximum, out.hi, to, self.hi[pos])
+                _columns_at(np.add, out.hist, to, self.hist[pos])
+                return Segments(*(getattr(out, f)[keep] for f in
+                                  ("ids", "size", "key", "lo", "hi", "hist")))
         return Segments.concat([Segments(apply_map(self.ids, mapping), self.size, self.key,
                                          self.lo, self.hi, self.hist)])
 
@@ -348,8 +374,9 @@ def _resolve_arrays(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, thr
         ok, root, tainted, final_val, res, A, B, wout, hist_out, size_out, key_out, merges = \
             single_linkage_dense(size, key, frozen, hist, ia, ib, wmax, threshold, size_thr,
                                  dust)
-        if ok:
-            return (root, tainted, final_val, res, A, B, wout, wsum, wcnt, hist_out, size_out,
+        if ok:  # its residual graph has no sums (single linkage reads the max only)
+            zero = np.zeros(len(A), np.int64)
+            return (root, tainted, final_val, res, A, B, wout, zero, zero, hist_out, size_out,
                     key_out, merges)
     return resolve_dense(size, key, frozen, hist, ia, ib, wmax, wsum, wcnt, mode, threshold,
                          size_thr, dust, size_limit, size_aff, sem_aff)
@@ -405,18 +432,20 @@ def link_map(seg: Segments, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    idx = np.searchsorted(seg.ids, links)
-    n = len(seg)
+    ids, idx = np.unique(links, return_inverse=True)  # the linked segments only
+    idx = idx.reshape(-1, 2)
+    key = seg.key[np.searchsorted(seg.ids, ids)]
+    n = len(ids)
     graph = coo_matrix((np.ones(len(links)), (idx[:, 0], idx[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
-    order = np.lexsort((seg.ids, seg.key, comp))
+    order = np.lexsort((ids, key, comp))
     first = np.ones(n, bool)
     first[1:] = comp[order][1:] != comp[order][:-1]
     rep_of_comp = np.empty(comp.max() + 1, np.uint64)
-    rep_of_comp[comp[order][first]] = seg.ids[order][first]
+    rep_of_comp[comp[order][first]] = ids[order][first]
     rep = rep_of_comp[comp]
-    moved = rep != seg.ids
-    return seg.ids[moved], rep[moved]
+    moved = rep != ids
+    return ids[moved], rep[moved]
 
 
 def compose(first: tuple[np.ndarray, np.ndarray], then: tuple[np.ndarray, np.ndarray]

@@ -30,14 +30,15 @@ from pipeline.regiongraph_kernel import _find, _map_new, _map_slot
 
 
 @njit(cache=True, inline="always")
-def _join(cparent, csize, size, x, c):  # pragma: no cover - compiled
-    """Tainted segment ``x`` joins cluster ``c`` (a certain merge)."""
+def _join(cparent, csize, jv, size, x, c, v):  # pragma: no cover - compiled
+    """Tainted segment ``x`` joins cluster ``c`` at weight ``v`` (a certain merge)."""
     cparent[x] = c
     csize[c] += size[x]
+    jv[x] = v
 
 
 @njit(cache=True)
-def _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm, size_thr,
+def _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb, v, out, nm, size_thr,
             tie):  # pragma: no cover - compiled
     """Pop segments ``ra != rb``: (merges so far, survivor or -1, absorbed root or -1,
     segment newly tainted or -1). Tainted segments are grouped in clusters (``cparent``,
@@ -53,7 +54,7 @@ def _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm, size
         x, c = (rb, ca) if tainted[ca] else (ra, cb)
         tainted[x] = True
         if not tie and size[x] < size_thr:  # certain: x joins c's cluster
-            _join(cparent, csize, size, x, c)
+            _join(cparent, csize, jv, size, x, c, v)
         else:
             csize[x] = size[x]
         return nm, -1, -1, x
@@ -82,7 +83,7 @@ def _push_edge(heap, e, k, ea, eb, parent, key, tainted):  # pragma: no cover - 
 
 
 @njit(cache=True)
-def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, nm, size_thr,
+def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, jv, out, nm, size_thr,
                ghead, gnext, fresh):  # pragma: no cover - compiled
     """Edges ``es`` of one weight ``v`` in the queue's order; a merge or a taint re-queues
     the edges whose order it changed (their older entries are then skipped).
@@ -106,8 +107,8 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, n
         ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         if ra == rb or _order(key, tainted, ra, rb) != (clean, lo, hi):
             continue
-        nm, r, o, t = _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm,
-                              size_thr, True)
+        nm, r, o, t = _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb, v, out,
+                              nm, size_thr, True)
         if t >= 0:  # its edges now come first among equals
             fresh[t] = True
             c = _find(cparent, rb if t == ra else ra)
@@ -131,7 +132,7 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, out, n
                 s = ns
             ghead[o] = -1
     for i in range(nj):
-        _join(cparent, csize, size, joins[i, 0], joins[i, 1])
+        _join(cparent, csize, jv, size, joins[i, 0], joins[i, 1], v)
     for k in range(es.size):
         a, b = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         ghead[a] = ghead[b] = -1
@@ -165,9 +166,9 @@ def _packed(wmax, threshold):  # pragma: no cover - compiled
 
 def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust):
     """:func:`pipeline.regiongraph_kernel.resolve_dense` for single linkage: (ok, root,
-    tainted, final value, residual-edge mask, A, B, wmax, hist, size, key, merges), with
-    ``ea``/``eb`` becoming A/B in place; not ok (and nothing done) where keys repeat, a
-    weight is NaN or there are 2**31 segments. ``wmax`` is float32."""
+    tainted, final value, residual-edge mask (all set), A, B, weight: the residual graph of
+    :func:`_residual`, hist, size, key, merges); not ok (and nothing done) where keys repeat,
+    a weight is NaN or there are 2**31 segments. ``wmax`` is float32."""
     packed = _packed(wmax, threshold)
     packed.sort()  # numpy's sort (much faster than a compiled one): by weight, then index
     order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
@@ -177,7 +178,7 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
 
 @njit(cache=True)
 def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainted, cparent,
-                    csize, out, nm, size_thr, buf):  # pragma: no cover - compiled
+                    csize, jv, out, nm, size_thr, buf):  # pragma: no cover - compiled
     """Edges ``i:j`` (of ``order``, or as they stand) of one weight ``v`` with no segment in
     two of them, if there are at most :data:`_SMALL_GROUP`: then no decision can change
     another's, in any order, and they are taken as they come (certain joins still applied
@@ -201,8 +202,8 @@ def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainte
         ra, rb = buf[k + 1, 0], buf[k + 1, 1]
         if ra == rb:
             continue
-        nm, _, _, t = _decide(parent, size, key, tainted, cparent, csize, ra, rb, v, out, nm,
-                              size_thr, True)
+        nm, _, _, t = _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb, v, out,
+                              nm, size_thr, True)
         if t >= 0 and size[t] < size_thr:  # its only edge here leads into the cluster
             buf[k + 1, 0], buf[k + 1, 1] = t, _find(cparent, rb if t == ra else ra)
             nj += 1
@@ -210,43 +211,56 @@ def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainte
             buf[k + 1, 0] = -1
     for k in range(g if nj else 0):
         if buf[k + 1, 0] >= 0 and buf[k + 1, 0] != buf[k + 1, 1]:
-            _join(cparent, csize, size, buf[k + 1, 0], buf[k + 1, 1])
+            _join(cparent, csize, jv, size, buf[k + 1, 0], buf[k + 1, 1], v)
     buf[0, 0] = nm
     return True
 
 
 @njit(cache=True)
-def _residual(parent, tainted, ea, eb, wmax, threshold):  # pragma: no cover - compiled
-    """Pairs of distinct tainted roots with an edge above ``threshold``: a mask of one
-    representative edge per pair, whose endpoints become the roots (low, high) and whose
-    weight the pair's max."""
-    m = ea.size
+def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
+              ):  # pragma: no cover - compiled
+    """The residual graph, its segments collapsed into their clusters: (A, B, weight) with
+    A < B, one row per pair of distinct clusters with an edge above ``threshold`` (their max
+    weight), and one per cluster member (member, cluster, weight of its join).
+
+    Exact for the parent: a member's other edges all lie below its join (an edge above it
+    would have tainted it sooner; one at it, into another cluster, would have kept it out),
+    and from its join on it is one segment with its cluster in the global run."""
     n = parent.size
-    res = np.zeros(m, np.bool_)
-    cand = np.zeros(m, np.bool_)
-    nc = 0
-    for e in range(m):
+    nc = nj = 0
+    for e in range(ea.size):
         if wmax[e] > threshold:
             ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
-            if ra != rb and tainted[ra] and tainted[rb]:
-                cand[e] = True
-                nc += 1
-    wout = wmax.copy() if nc else wmax
+            nc += (ra != rb and tainted[ra] and tainted[rb]
+                   and _find(cparent, ra) != _find(cparent, rb))
+    for x in range(n):
+        nj += parent[x] == x and tainted[x] and _find(cparent, x) != x
     keys, vals, cap = _map_new(nc)
-    for e in range(m):
-        if cand[e]:
+    A, B = np.empty(nc + nj, np.int64), np.empty(nc + nj, np.int64)
+    W = np.empty(nc + nj, np.float32)
+    k = 0
+    for e in range(ea.size):
+        if wmax[e] > threshold:
             ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            k = np.int64(lo) * n + hi
-            i = _map_slot(keys, cap, k)
-            if keys[i] == k:
-                g = vals[i]
-                wout[g] = max(wout[g], wmax[e])
+            if not (ra != rb and tainted[ra] and tainted[rb]):
+                continue
+            ca, cb = _find(cparent, ra), _find(cparent, rb)
+            if ca == cb:
+                continue
+            lo, hi = (ca, cb) if ca < cb else (cb, ca)
+            i = _map_slot(keys, cap, np.int64(lo) * n + hi)
+            if keys[i] == np.int64(lo) * n + hi:
+                W[vals[i]] = max(W[vals[i]], wmax[e])
             else:
-                keys[i], vals[i] = k, e
-                res[e] = True
-                ea[e], eb[e] = lo, hi
-    return res, wout
+                keys[i], vals[i] = np.int64(lo) * n + hi, k
+                A[k], B[k], W[k] = lo, hi, wmax[e]
+                k += 1
+    for x in range(n):
+        c = _find(cparent, x)
+        if parent[x] == x and tainted[x] and c != x:
+            A[k], B[k], W[k] = min(x, c), max(x, c), np.float32(jv[x])
+            k += 1
+    return A[:k], B[:k], W[:k]
 
 
 @njit(cache=True)
@@ -283,6 +297,7 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
     parent = np.arange(n).astype(np.int32)
     cparent = parent.copy()
     csize = size.copy()
+    jv = np.zeros(n, np.float64)
     fresh = np.zeros(n, np.bool_)
     buf = np.empty((_SMALL_GROUP + 1, 2), np.int64)
     ghead = np.full(n, -1, np.int64)
@@ -296,15 +311,16 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
         if j == i + 1:
             ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
             if ra != rb:
-                nm = _decide(parent, size, key, tainted, cparent, csize, ra, rb,
+                nm = _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb,
                              np.float64(wmax[e]), out, nm, size_thr, False)[0]
         elif not _disjoint_group(i, j, presorted, order, ea, eb, np.float64(wmax[e]), parent,
-                                 size, key, tainted, cparent, csize, out, nm, size_thr, buf):
+                                 size, key, tainted, cparent, csize, jv, out, nm, size_thr,
+                                 buf):
             es = np.arange(i, j) if presorted else order[i:j]
             if gnext.size < 2 * es.size:
                 gnext = np.empty(2 * es.size, np.int64)
             nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted,
-                            cparent, csize, out, nm, size_thr, ghead, gnext, fresh)
+                            cparent, csize, jv, out, nm, size_thr, ghead, gnext, fresh)
         else:
             nm = buf[0, 0]
         i = j
@@ -316,5 +332,6 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
         root[i] = _find(parent, i)
         if root[i] == i:
             final_val[i] = 0 if size[i] < dust else key[i] + 1
-    res, wout = _residual(parent, tainted, ea, eb, wmax, threshold)
-    return True, root, tainted, final_val, res, ea, eb, wout, hist, size, key, out[:nm].copy()
+    A, B, W = _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold)
+    return (True, root, tainted, final_val, np.ones(A.size, np.bool_), A, B, W, hist, size, key,
+            out[:nm].copy())
