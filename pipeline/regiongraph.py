@@ -153,13 +153,29 @@ class Edges:
                                    self.wmax, self.wsum, self.count)])
 
 
+_ROW_OPS = {np.add: 0, np.minimum: 1, np.maximum: 2}
+
+
 def _columns_at(ufunc: np.ufunc, out: np.ndarray, idx: np.ndarray, values: np.ndarray
                 ) -> None:
-    """``ufunc.at(out, idx, values)`` for 2-D ``out``, a column at a time (1-D is fast)."""
-    for c in range(out.shape[1]):
-        col = np.ascontiguousarray(out[:, c])
-        ufunc.at(col, idx, values[:, c])
-        out[:, c] = col
+    """``ufunc.at(out, idx, values)`` for 2-D int64 ``out`` and ``ufunc`` add, min or max."""
+    if out.shape[1] and len(idx):
+        _rows_at(_ROW_OPS[ufunc], out, np.asarray(idx, np.int64),
+                 np.asarray(values, np.int64))
+
+
+@njit(cache=True)
+def _rows_at(op, out, idx, values):  # pragma: no cover - compiled
+    for i in range(idx.size):
+        r = idx[i]
+        for c in range(out.shape[1]):
+            v = values[i, c]
+            if op == 0:
+                out[r, c] += v
+            elif op == 1:
+                out[r, c] = min(out[r, c], v)
+            else:
+                out[r, c] = max(out[r, c], v)
 
 
 def _cat(arrays: list[np.ndarray], dtype: type | None = None) -> np.ndarray:
@@ -262,18 +278,32 @@ def _search_sorted(ids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
+def _nonzero_range(flat):  # pragma: no cover - compiled
+    """Smallest and largest nonzero value (1, 0 if there is none)."""
+    lo, hi = np.uint64(np.iinfo(np.uint64).max), np.uint64(0)
+    for v in flat:
+        if v != 0:
+            lo, hi = min(lo, v), max(hi, v)
+    return (lo, hi) if hi else (np.uint64(1), np.uint64(0))
+
+
+@njit(cache=True)
 def _present(flat, lo, span):  # pragma: no cover - compiled
+    """Which of the nonzero values ``lo .. lo + span - 1`` occur."""
     out = np.zeros(span, np.bool_)
     for v in flat:
-        out[v - lo] = True
+        if v != 0:
+            out[v - lo] = True
     return out
 
 
 @njit(cache=True)
 def _through(flat, lo, table):  # pragma: no cover - compiled
-    out = np.empty(flat.size, np.uint64)
+    """Nonzero values through ``table`` (indexed from ``lo``); 0 stays 0."""
+    out = np.zeros(flat.size, np.uint64)
     for i in range(flat.size):
-        out[i] = table[flat[i] - lo]
+        if flat[i] != 0:
+            out[i] = table[flat[i] - lo]
     return out
 
 
@@ -501,8 +531,8 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
 def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> np.ndarray:
     """Final ids of ``labels`` following renames and finals from the chunk's node to the root."""
     flat = labels.reshape(-1)
-    lo = flat.min() if flat.size and labels.dtype == np.uint64 else np.uint64(0)
-    span = int(flat.max() - lo) + 1 if flat.size and labels.dtype == np.uint64 else 0
+    lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
+    span = int(hi) - int(lo) + 1
     if 0 < span <= 4 * flat.size:  # values through a table: no voxel-sized index arrays
         uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
     else:

@@ -144,10 +144,10 @@ def _connectivity(kept, lo, hi, cc_bits):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
-                  id_offset):  # pragma: no cover - compiled
+def _basin_labels(cc, kept, m, ncc, origin, run_start,
+                  run_shape):  # pragma: no cover - compiled
     """Components ``cc`` of voxels that keep an edge (``kept`` read at offset ``m``), numbered
-    1..n by first voxel in C order, plus ``id_offset``; and per basin size, key and bbox."""
+    1..n by first voxel in C order; and per basin size, key and bbox."""
     X, Y, Z = cc.shape
     lut = np.zeros(ncc + 1, np.int64)
     labels = np.zeros((X, Y, Z), np.uint64)
@@ -156,7 +156,6 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
     lo = np.full((ncc + 1, 3), np.iinfo(np.int64).max, np.int64)
     hi = np.full((ncc + 1, 3), np.iinfo(np.int64).min, np.int64)
     n = 0
-    off = np.uint64(id_offset)
     for x in range(X):
         gx = origin[0] + x
         for y in range(Y):
@@ -169,7 +168,7 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start, run_shape,
                 if s == 0:
                     n += 1
                     lut[c] = s = n
-                labels[x, y, z] = np.uint64(s) + off
+                labels[x, y, z] = s
                 gz = origin[2] + z
                 lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
                     (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
@@ -242,16 +241,27 @@ def watershed_basins(aff_padded: np.ndarray, origin: tuple[int, int, int],
     cc = cc3d.color_connectivity_graph(graph.T, connectivity=6).T  # C order, no copies
     labels, size, key, slo, shi = _basin_labels(
         cc, kept, m, int(cc.max()) if cc.size else 0, np.array(origin, np.int64),
-        np.array(run_start, np.int64), np.array(run_shape, np.int64), int(id_offset))
+        np.array(run_start, np.int64), np.array(run_shape, np.int64))
     del graph, cc  # the chunk's peak memory comes later, in the region graph and resolve
     n = len(size)
-    seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + np.uint64(id_offset), size, key,
-                   slo, shi, np.zeros((n, 0), np.int64))
+    off = np.uint64(id_offset)
+    seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + off, size, key, slo, shi,
+                   np.zeros((n, 0), np.int64))
     own_aff = aff_padded[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
-    pairs, weights = region_graph(own_aff, labels)
+    pairs, weights = region_graph(own_aff, labels)  # on ids 1..n: no renumbering
+    pairs += off
     edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32, copy=False),
                   np.zeros(len(weights), np.int64), np.zeros(len(weights), np.int64))
+    _offset_nonzero(labels, off)
     return Basins(labels, seg, edges, _faces(labels, kept, aff_padded, shape))
+
+
+@njit(cache=True)
+def _offset_nonzero(labels, off):  # pragma: no cover - compiled
+    flat = labels.reshape(-1)
+    for i in range(flat.size):
+        if flat[i] != 0:
+            flat[i] += off
 
 
 def resolve_basins(basins: Basins, node_lo: np.ndarray, node_hi: np.ndarray,

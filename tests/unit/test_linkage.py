@@ -86,3 +86,19 @@ def test_a_small_segment_certainly_joins_a_frozen_cluster(tie: bool) -> None:
     ref = resolve_dense(size, key, frozen, hist, a.copy(), b.copy(), w, zeros, zeros,
                         MODE_SINGLE_LINKAGE, 0.1, 100, 0, 0, 0.0, 0.0)
     assert ref[1].tolist() == [True, True, True, False, False]
+
+
+def test_a_members_residual_edges_move_to_its_cluster() -> None:
+    """Small x surely joins frozen t at 0.9; its later edge to frozen u (0.5) is passed up as
+    t–u, and x keeps one edge, its join (x–t at 0.9): the parent re-decides less."""
+    size = np.array([60, 50, 60, 30], np.int64)
+    key = np.arange(4, dtype=np.uint64)
+    frozen = np.array([True, False, True, True])
+    a, b = np.array([0, 1, 1, 2]), np.array([1, 2, 3, 3])
+    w = np.array([0.9, 0.5, 0.4, 0.3], np.float32)
+    got = single_linkage_dense(size, key, frozen, np.zeros((4, 0), np.int64), a.copy(),
+                               b.copy(), w, 0.1, 100, 0)
+    assert got[0] and got[2].tolist() == [True, True, True, True]
+    res, A, B, W = got[4:8]
+    assert sorted((int(A[e]), int(B[e]), round(float(W[e]), 3)) for e in np.flatnonzero(res)
+                  ) == [(0, 1, 0.9), (0, 2, 0.5), (0, 3, 0.4), (2, 3, 0.3)]
