@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fastremap
 import numpy as np
 from numba import njit
 
@@ -535,8 +536,11 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> n
     span = int(hi) - int(lo) + 1
     if 0 < span <= 4 * flat.size:  # values through a table: no voxel-sized index arrays
         uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
-    else:
-        uniq, inv = np.unique(labels, return_inverse=True)
+    else:  # values renumbered 0..k (hashing: no sort of the voxels)
+        inv, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+        uniq = np.zeros(len(mapping) + 1, np.uint64)
+        uniq[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
+            mapping.keys(), np.uint64, len(mapping))
     cur = uniq.copy()
     out = np.zeros(len(uniq), np.uint64)
     done = uniq == 0
