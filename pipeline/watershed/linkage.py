@@ -16,8 +16,10 @@ size. An untainted segment below ``ws_size`` whose edge at this weight into a ta
 rest: so it joins the cluster here (it stays tainted, its own merge is redone above), and the
 cluster's size, a lower bound of the global segment's from the next weight on, makes
 rejections certain that the queue would have deferred. Untainted segments are decided as in
-the global run; the residual edges are the pairs of distinct tainted segments, with their
-max weight.
+the global run. The residual graph passed to the parent is collapsed by those certain joins:
+a joined segment keeps one edge, to its cluster at the weight of its join, and its other
+edges become the cluster's (see :func:`_residual`); so the parent re-decides the clusters,
+not every segment that touched one.
 """
 from __future__ import annotations
 
