@@ -171,17 +171,31 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
     tainted, final value, residual-edge mask (all set), A, B, weight: the residual graph of
     :func:`_residual`, hist, size, key, merges); not ok (and nothing done) where keys repeat,
     a weight is NaN or there are 2**31 segments. ``wmax`` is float32."""
+    nan = bool(np.isnan(wmax).any())
     packed = _packed(wmax, threshold)
-    packed.sort()  # numpy's sort (much faster than a compiled one): by weight, then index
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    if packed.size:  # the edges above threshold, gathered in order: the walk reads them in a
+        packed.sort()  # row, not at random (numpy's sort: by weight, then index)
+        ea, eb, wmax = _in_order(packed, ea, eb, wmax)
+        del packed
     return _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
-                           order)
+                           nan)
 
 
 @njit(cache=True)
-def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainted, cparent,
-                    csize, jv, out, nm, size_thr, buf):  # pragma: no cover - compiled
-    """Edges ``i:j`` (of ``order``, or as they stand) of one weight ``v`` with no segment in
+def _in_order(packed, ea, eb, wmax):  # pragma: no cover - compiled
+    """Endpoints (int32) and weights of the edges whose indices ``packed`` holds, in order."""
+    a, b = np.empty(packed.size, np.int32), np.empty(packed.size, np.int32)
+    w = np.empty(packed.size, np.float32)
+    for i in range(packed.size):
+        e = np.int64(packed[i] & np.uint64(0xFFFFFFFF))
+        a[i], b[i], w[i] = ea[e], eb[e], wmax[e]
+    return a, b, w
+
+
+@njit(cache=True)
+def _disjoint_group(i, j, ea, eb, v, parent, size, key, tainted, cparent, csize, jv, out, nm,
+                    size_thr, buf):  # pragma: no cover - compiled
+    """Edges ``i:j`` of one weight ``v`` with no segment in
     two of them, if there are at most :data:`_SMALL_GROUP`: then no decision can change
     another's, in any order, and they are taken as they come (certain joins still applied
     after the group). Whether it did so; the merge count goes to ``buf[0, 0]``."""
@@ -189,8 +203,7 @@ def _disjoint_group(i, j, presorted, order, ea, eb, v, parent, size, key, tainte
     if g > _SMALL_GROUP:
         return False
     for k in range(g):
-        e = k + i if presorted else order[k + i]
-        buf[k + 1, 0], buf[k + 1, 1] = _find(parent, ea[e]), _find(parent, eb[e])
+        buf[k + 1, 0], buf[k + 1, 1] = _find(parent, ea[k + i]), _find(parent, eb[k + i])
         for q in range(1, k + 1):
             if buf[k + 1, 0] == buf[k + 1, 1]:
                 break
@@ -267,15 +280,15 @@ def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
 
 @njit(cache=True)
 def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
-                    order):  # pragma: no cover - compiled
-    """:func:`single_linkage_dense`, given the edges above ``threshold`` in descending
-    ``order`` (empty: the edges are in that order already)."""
+                    nan):  # pragma: no cover - compiled
+    """:func:`single_linkage_dense`, given the edges above ``threshold`` first and in
+    descending order; ``nan``: whether a weight was NaN."""
     n = size.size
     size, key, hist, tainted = size.copy(), key.copy(), hist.copy(), frozen.copy()
     out = np.zeros((n, 4), np.float64)
     root = np.arange(n)
     final_val = np.zeros(n, np.uint64)
-    ok = n < 2**31 and not np.isnan(wmax).any()
+    ok = n < 2**31 and not nan
     k0 = key.min() if n else np.uint64(0)
     if n and key.max() - k0 < 16 * n:  # distinct keys? by a bitmap, else by sorting
         seen = np.zeros(np.int64(key.max() - k0) + 1, np.bool_)
@@ -287,15 +300,12 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
         for i in range(1, n):
             ok &= sk[i] != sk[i - 1]
     if not ok:
-        return (False, root, tainted, final_val, np.zeros(ea.size, np.bool_), ea, eb, wmax,
-                hist, size, key, out[:0])
-    m = 0  # edges by descending weight: order[:m], or the first m edges if already so
-    presorted = order.size == 0
-    if presorted:
-        while m < wmax.size and wmax[m] > threshold:
-            m += 1
-    else:
-        m = order.size
+        none = np.zeros(0, np.int64)
+        return (False, root, tainted, final_val, np.zeros(0, np.bool_), none, none,
+                np.zeros(0, np.float32), hist, size, key, out[:0])
+    m = 0  # the edges above threshold
+    while m < wmax.size and wmax[m] > threshold:
+        m += 1
     parent = np.arange(n).astype(np.int32)
     cparent = parent.copy()
     csize = size.copy()
@@ -306,22 +316,20 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
     gnext = np.empty(0, np.int64)
     nm = i = 0
     while i < m:
-        e = i if presorted else order[i]
         j = i + 1
-        while j < m and wmax[j if presorted else order[j]] == wmax[e]:
+        while j < m and wmax[j] == wmax[i]:
             j += 1
         if j == i + 1:
-            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
+            ra, rb = _find(parent, ea[i]), _find(parent, eb[i])
             if ra != rb:
                 nm = _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb,
-                             np.float64(wmax[e]), out, nm, size_thr, False)[0]
-        elif not _disjoint_group(i, j, presorted, order, ea, eb, np.float64(wmax[e]), parent,
-                                 size, key, tainted, cparent, csize, jv, out, nm, size_thr,
-                                 buf):
-            es = np.arange(i, j) if presorted else order[i:j]
+                             np.float64(wmax[i]), out, nm, size_thr, False)[0]
+        elif not _disjoint_group(i, j, ea, eb, np.float64(wmax[i]), parent, size, key, tainted,
+                                 cparent, csize, jv, out, nm, size_thr, buf):
+            es = np.arange(i, j)
             if gnext.size < 2 * es.size:
                 gnext = np.empty(2 * es.size, np.int64)
-            nm = _tie_group(es, ea, eb, np.float64(wmax[e]), parent, size, key, tainted,
+            nm = _tie_group(es, ea, eb, np.float64(wmax[i]), parent, size, key, tainted,
                             cparent, csize, jv, out, nm, size_thr, ghead, gnext, fresh)
         else:
             nm = buf[0, 0]
