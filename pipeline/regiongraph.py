@@ -53,10 +53,6 @@ class Segments:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _distinct(self) -> bool:
-        """Whether ids ascend strictly (then each row is a whole segment)."""
-        return bool(len(self.ids) < 2 or (self.ids[1:] > self.ids[:-1]).all())
-
     def arrays(self) -> dict[str, np.ndarray]:
         return {"ids": self.ids, "size": self.size, "key": self.key, "lo": self.lo,
                 "hi": self.hi, "hist": self.hist}
@@ -70,9 +66,9 @@ class Segments:
         k = max(p.hist.shape[1] for p in parts)
         ids = np.concatenate([p.ids for p in parts])
         hists = [np.pad(p.hist, ((0, 0), (0, k - p.hist.shape[1]))) for p in parts]
-        order = slice(None) if len(ids) < 2 or (ids[1:] > ids[:-1]).all() else \
-            np.argsort(ids, kind="stable")
-        if isinstance(order, slice) or (ids[order[1:]] > ids[order[:-1]]).all():  # distinct
+        ascending = _ascending(ids)
+        order = slice(None) if ascending else np.argsort(ids, kind="stable")
+        if ascending or _ascending(ids[order]):  # distinct ids: nothing to reduce
             return cls(ids[order], *(np.concatenate([getattr(p, f) for p in parts])[order]
                                      for f in ("size", "key", "lo", "hi")),
                        np.concatenate(hists)[order])
@@ -91,7 +87,7 @@ class Segments:
 
     def relabel(self, mapping: dict[int, int] | tuple[np.ndarray, np.ndarray]) -> Segments:
         """Rename ids through (sorted from, to) arrays, then combine rows that now coincide."""
-        if isinstance(mapping, tuple) and len(mapping[0]) and self._distinct():
+        if isinstance(mapping, tuple) and len(mapping[0]) and _ascending(self.ids):
             src, dst = mapping
             pos, found = _locate(self.ids, src)
             to, into = _locate(self.ids, dst)
@@ -177,6 +173,11 @@ def _rows_at(op, out, idx, values):  # pragma: no cover - compiled
                 out[r, c] = min(out[r, c], v)
             else:
                 out[r, c] = max(out[r, c], v)
+
+
+def _ascending(ids: np.ndarray) -> bool:
+    """Whether ``ids`` ascend strictly (so each is there once)."""
+    return bool(len(ids) < 2 or (ids[1:] > ids[:-1]).all())
 
 
 def _cat(arrays: list[np.ndarray], dtype: type | None = None) -> np.ndarray:

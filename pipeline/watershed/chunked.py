@@ -305,11 +305,11 @@ def stitch_face(lower: dict[str, np.ndarray], upper: dict[str, np.ndarray],
     link = lower[f"link{axis}"].ravel()
     w = lower[f"aff{axis}"].ravel()
     both = (la != 0) & (lb != 0)
-    j = link & both
-    zeros = np.zeros(int(j.sum()), np.int64)
-    joined = Edges.concat([Edges(la[j], lb[j], w[j], zeros, zeros)])  # the distinct pairs
-    zeros = np.zeros(int(both.sum()), np.int64)
-    edges = Edges.concat([Edges(la[both], lb[both], w[both], zeros, zeros)])
-    return np.stack([joined.a, joined.b], axis=1), edges
+    def pairs(m: np.ndarray) -> Edges:  # one row per distinct pair
+        zeros = np.zeros(int(m.sum()), np.int64)
+        return Edges.concat([Edges(la[m], lb[m], w[m], zeros, zeros)])
+
+    joined = pairs(link & both)
+    return np.stack([joined.a, joined.b], axis=1), pairs(both)
 
 
