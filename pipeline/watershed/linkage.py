@@ -231,6 +231,26 @@ def _disjoint_group(i, j, ea, eb, v, parent, size, key, tainted, cparent, csize,
     return True
 
 
+@njit(cache=True, inline="always")
+def _cluster_pair(parent, tainted, cparent, a, b):  # pragma: no cover - compiled
+    """The clusters (low, high) of segments ``a`` and ``b`` if both are tainted and in
+    distinct clusters, else (-1, -1)."""
+    ra, rb = _find(parent, a), _find(parent, b)
+    if ra == rb or not (tainted[ra] and tainted[rb]):
+        return -1, -1
+    ca, cb = _find(cparent, ra), _find(cparent, rb)
+    if ca == cb:
+        return -1, -1
+    return (ca, cb) if ca < cb else (cb, ca)
+
+
+@njit(cache=True, inline="always")
+def _cluster_of_member(parent, tainted, cparent, x):  # pragma: no cover - compiled
+    """The cluster that tainted root ``x`` joined, or -1 if it is no member."""
+    c = _find(cparent, x)
+    return c if parent[x] == x and tainted[x] and c != x else -1
+
+
 @njit(cache=True)
 def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
               ):  # pragma: no cover - compiled
@@ -245,34 +265,29 @@ def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
     nc = nj = 0
     for e in range(ea.size):
         if wmax[e] > threshold:
-            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
-            nc += (ra != rb and tainted[ra] and tainted[rb]
-                   and _find(cparent, ra) != _find(cparent, rb))
+            nc += _cluster_pair(parent, tainted, cparent, ea[e], eb[e])[0] >= 0
     for x in range(n):
-        nj += parent[x] == x and tainted[x] and _find(cparent, x) != x
+        nj += _cluster_of_member(parent, tainted, cparent, x) >= 0
     keys, vals, cap = _map_new(nc)
     A, B = np.empty(nc + nj, np.int64), np.empty(nc + nj, np.int64)
     W = np.empty(nc + nj, np.float32)
     k = 0
     for e in range(ea.size):
         if wmax[e] > threshold:
-            ra, rb = _find(parent, ea[e]), _find(parent, eb[e])
-            if not (ra != rb and tainted[ra] and tainted[rb]):
+            lo, hi = _cluster_pair(parent, tainted, cparent, ea[e], eb[e])
+            if lo < 0:
                 continue
-            ca, cb = _find(cparent, ra), _find(cparent, rb)
-            if ca == cb:
-                continue
-            lo, hi = (ca, cb) if ca < cb else (cb, ca)
-            i = _map_slot(keys, cap, np.int64(lo) * n + hi)
-            if keys[i] == np.int64(lo) * n + hi:
+            pair = np.int64(lo) * n + hi
+            i = _map_slot(keys, cap, pair)
+            if keys[i] == pair:
                 W[vals[i]] = max(W[vals[i]], wmax[e])
             else:
-                keys[i], vals[i] = np.int64(lo) * n + hi, k
+                keys[i], vals[i] = pair, k
                 A[k], B[k], W[k] = lo, hi, wmax[e]
                 k += 1
     for x in range(n):
-        c = _find(cparent, x)
-        if parent[x] == x and tainted[x] and c != x:
+        c = _cluster_of_member(parent, tainted, cparent, x)
+        if c >= 0:
             A[k], B[k], W[k] = min(x, c), max(x, c), np.float32(jv[x])
             k += 1
     return A[:k], B[:k], W[:k]
