@@ -57,90 +57,120 @@ class WatershedParams:
 
 
 @njit(cache=True)
-def _kept_edges(aff, high, low):  # pragma: no cover - compiled
+def _maxima(aff, high, low, lo, hi):  # pragma: no cover - compiled
+    """Per voxel of [lo, hi) (one voxel inside the array): its maximal affinity clamped at
+    high, and the 6-bit mask of its edges at that maximum (0 when it is <= low). NaN is never
+    an edge."""
     X, Y, Z = aff.shape[0], aff.shape[1], aff.shape[2]
     mx = np.empty((X, Y, Z), np.float32)
-    ties = np.zeros((X, Y, Z), np.uint8)
-    vals = np.empty(6, np.float32)
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                vals[0] = aff[x, y, z, 0] if x > 0 else low
-                vals[1] = aff[x, y, z, 1] if y > 0 else low
-                vals[2] = aff[x, y, z, 2] if z > 0 else low
-                vals[3] = aff[x + 1, y, z, 0] if x < X - 1 else low
-                vals[4] = aff[x, y + 1, z, 1] if y < Y - 1 else low
-                vals[5] = aff[x, y, z + 1, 2] if z < Z - 1 else low
-                m = low
-                for d in range(6):
-                    v = vals[d]
-                    if not v <= high:  # clamps, and NaN never counts as an edge below
-                        v = high if v > high else low
-                    vals[d] = v
-                    if v > m:
-                        m = v
-                mx[x, y, z] = m
-                bits = 0
-                if m > low:
-                    for d in range(6):
-                        if vals[d] == m:
-                            bits |= 1 << d
-                ties[x, y, z] = bits
-    kept = np.zeros((X, Y, Z), np.uint8)
-    steps = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                b = ties[x, y, z]
-                if b == 0 or mx[x, y, z] >= high or (b & (b - 1)) == 0:
-                    kept[x, y, z] = b
-                    continue
-                first = -1
-                exit_ = -1
-                for d in range(6):
-                    if b & (1 << d):
-                        if first < 0:
-                            first = d
-                        nx, ny, nz = x + steps[d][0], y + steps[d][1], z + steps[d][2]
-                        if mx[nx, ny, nz] > mx[x, y, z]:
-                            exit_ = d
-                            break
-                kept[x, y, z] = 1 << (exit_ if exit_ >= 0 else first)
-    return kept
-
-
-def kept_edges(aff: np.ndarray, high: float, low: float) -> np.ndarray:
-    """Per voxel, a 6-bit mask of the steepest-ascent edges it keeps (see module docstring).
-
-    Exact for voxels at least 2 voxels inside ``aff``'s array bounds.
-    """
-    return _kept_edges(np.ascontiguousarray(aff, np.float32), np.float32(high), np.float32(low))
+    ties = np.empty((X, Y, Z), np.uint8)
+    for x in range(lo[0], hi[0]):
+        for y in range(lo[1], hi[1]):
+            a, ax, ay = aff[x, y], aff[x + 1, y], aff[x, y + 1]
+            mrow, trow = mx[x, y], ties[x, y]
+            for z in range(lo[2], hi[2]):
+                v0, v1, v2, v3, v4, v5 = a[z, 0], a[z, 1], a[z, 2], ax[z, 0], ay[z, 1], a[z + 1, 2]
+                m = low  # comparisons false for NaN: never the maximum, never tied
+                m = v0 if v0 > m else m
+                m = v1 if v1 > m else m
+                m = v2 if v2 > m else m
+                m = v3 if v3 > m else m
+                m = v4 if v4 > m else m
+                m = v5 if v5 > m else m
+                m = high if m > high else m
+                mrow[z] = m
+                bits = (np.uint8(v0 >= m) | (np.uint8(v1 >= m) << 1) | (np.uint8(v2 >= m) << 2)
+                        | (np.uint8(v3 >= m) << 3) | (np.uint8(v4 >= m) << 4)
+                        | (np.uint8(v5 >= m) << 5))
+                trow[z] = bits if m > low else np.uint8(0)
+    return mx, ties
 
 
 @njit(cache=True)
-def _connectivity(kept, lo, hi, cc_bits):  # pragma: no cover - compiled
-    """cc3d voxel graph of region [lo, hi) of ``kept``: an edge if either end keeps it."""
-    X, Y, Z = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
-    out = np.zeros((X, Y, Z), np.uint8)
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                k = kept[x + lo[0], y + lo[1], z + lo[2]]
-                b = np.uint8(0)
-                if x > 0 and ((k & 1) or (kept[x + lo[0] - 1, y + lo[1], z + lo[2]] & 8)):
-                    b |= cc_bits[0]
-                if y > 0 and ((k & 2) or (kept[x + lo[0], y + lo[1] - 1, z + lo[2]] & 16)):
-                    b |= cc_bits[1]
-                if z > 0 and ((k & 4) or (kept[x + lo[0], y + lo[1], z + lo[2] - 1] & 32)):
-                    b |= cc_bits[2]
-                if x < X - 1 and ((k & 8) or (kept[x + lo[0] + 1, y + lo[1], z + lo[2]] & 1)):
-                    b |= cc_bits[3]
-                if y < Y - 1 and ((k & 16) or (kept[x + lo[0], y + lo[1] + 1, z + lo[2]] & 2)):
-                    b |= cc_bits[4]
-                if z < Z - 1 and ((k & 32) or (kept[x + lo[0], y + lo[1], z + lo[2] + 1] & 4)):
-                    b |= cc_bits[5]
-                out[x, y, z] = b
-    return out
+def _bit_tables(cc_bits):  # pragma: no cover - compiled
+    """Per 6-bit mask: its lowest direction, and its directions as cc3d graph bits."""
+    lowest = np.zeros(64, np.int64)
+    as_cc = np.zeros(64, np.uint8)
+    for b in range(1, 64):
+        for d in range(5, -1, -1):
+            if (b >> d) & 1:
+                lowest[b] = d
+                as_cc[b] |= cc_bits[d]
+    return lowest, as_cc
+
+
+@njit(cache=True)
+def _kept_graph(mx, ties, high, lo, hi, clo, chi, cc_bits):  # pragma: no cover - compiled
+    """Kept-edge masks over [lo, hi) (0 elsewhere) by the plateau rule, and the cc3d graph of
+    the box [clo, chi) (inside [lo, hi)): an edge of the graph if either end keeps it."""
+    X, Y, Z = mx.shape
+    GX, GY, GZ = chi[0] - clo[0], chi[1] - clo[1], chi[2] - clo[2]
+    kept = np.zeros((X, Y, Z), np.uint8)
+    graph = np.zeros((GX, GY, GZ), np.uint8)
+    g, fm = graph.reshape(-1), mx.reshape(-1)
+    step = np.array([-Y * Z, -Z, -1, Y * Z, Z, 1], np.int64)
+    gstep = np.array([-GY * GZ, -GZ, -1, GY * GZ, GZ, 1], np.int64)
+    lowest, as_cc = _bit_tables(cc_bits)
+    for x in range(lo[0], hi[0]):
+        gx = x - clo[0]
+        for y in range(lo[1], hi[1]):
+            gy = y - clo[1]
+            trow, krow = ties[x, y], kept[x, y]
+            base, gbase = (x * Y + y) * Z, (gx * GY + gy) * GZ - clo[2]
+            row = 0 <= gx < GX and 0 <= gy < GY
+            inside = 63 & ~((gx == 0) | (gy == 0) << 1 | (gx == GX - 1) << 3 | (gy == GY - 1) << 4)
+            for z in range(lo[2], hi[2]):
+                b = trow[z]
+                if b == 0:
+                    continue
+                at_high = False
+                if b & (b - 1):  # tied edges
+                    at_high = fm[base + z] >= high
+                    if not at_high:  # a plateau below high: its first exit, else first edge
+                        d = lowest[b]
+                        rest = b
+                        while rest:
+                            e = lowest[rest]
+                            if fm[base + z + step[e]] > fm[base + z]:
+                                d = e
+                                break
+                            rest &= rest - 1
+                        b = np.uint8(1 << d)
+                krow[z] = b
+                if not (row and clo[2] <= z < chi[2]):
+                    continue
+                inz = inside & ~((z == clo[2]) << 2 | (z == chi[2] - 1) << 5)
+                if at_high:  # its neighbours across these edges keep them too
+                    g[gbase + z] |= as_cc[b & inz]
+                elif b & inz:
+                    d = lowest[b]
+                    g[gbase + z] |= cc_bits[d]
+                    g[gbase + z + gstep[d]] |= cc_bits[(d + 3) % 6]
+    return kept, graph
+
+
+def _steepest_ascent(aff: np.ndarray, high: float, low: float, lo: np.ndarray, hi: np.ndarray,
+                     clo: np.ndarray, chi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kept-edge masks over the box [lo, hi) (0 elsewhere; the box at least 2 voxels inside
+    ``aff``) and the cc3d graph of the box [clo, chi) inside it."""
+    aff = np.ascontiguousarray(aff, np.float32)
+    high, low = np.float32(high), np.float32(low)
+    mx, ties = _maxima(aff, high, low, lo - 1, hi + 1)
+    return _kept_graph(mx, ties, high, lo, hi, clo, chi, _CC3D_BITS_T)
+
+
+def kept_edges(aff: np.ndarray, high: float, low: float) -> np.ndarray:
+    """Per voxel, a 6-bit mask of the steepest-ascent edges it keeps (see module docstring)."""
+    shape = np.array(aff.shape[:3], np.int64)
+    padded = np.zeros((*(shape + 4), 3), np.float32)
+    padded[2:-2, 2:-2, 2:-2] = aff
+    for c in range(3):  # no predecessor on the first plane along c
+        idx = [slice(None)] * 3 + [c]
+        idx[c] = 2
+        padded[tuple(idx)] = 0
+    two, none = np.full(3, 2, np.int64), np.zeros(3, np.int64)
+    return _steepest_ascent(padded, high, low, two, two + shape, none, none)[0][
+        2:-2, 2:-2, 2:-2]
 
 
 @njit(cache=True)
@@ -234,10 +264,10 @@ def watershed_basins(aff_padded: np.ndarray, origin: tuple[int, int, int],
     ids are ``id_offset + 1..n``, unique across chunks without coordination.
     """
     m = MARGIN
-    kept = kept_edges(aff_padded, params.high, params.low)
     lo = np.array([m] * 3, np.int64)
     hi = np.array([m + s for s in shape], np.int64)
-    graph = _connectivity(kept, lo, hi, _CC3D_BITS_T)
+    # kept on the chunk and its high shell (for the faces); the graph of the chunk
+    kept, graph = _steepest_ascent(aff_padded, params.high, params.low, lo, hi + 1, lo, hi)
     cc = cc3d.color_connectivity_graph(graph.T, connectivity=6).T  # C order, no copies
     labels, size, key, slo, shi = _basin_labels(
         cc, kept, m, int(cc.max()) if cc.size else 0, np.array(origin, np.int64),
