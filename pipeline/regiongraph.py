@@ -305,6 +305,8 @@ def _through(flat, lo, table):  # pragma: no cover - compiled
     out = np.zeros(flat.size, np.uint64)
     for i in range(flat.size):
         if flat[i] != 0:
+            if flat[i] < lo or flat[i] - lo >= table.size:
+                raise ValueError("a label outside the remap table's ids")
             out[i] = table[flat[i] - lo]
     return out
 
@@ -514,12 +516,14 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
     link = (lf, lt)
     united = (alias[0], apply_map(alias[1], link))
 
-    def renamed(e: Edges, m: tuple[np.ndarray, np.ndarray]) -> Edges:
-        return Edges(apply_map(e.a, m), apply_map(e.b, m), e.wmax, e.wsum, e.count) \
-            if len(m[0]) else e
+    def renamed(parts: list[Edges], m: tuple[np.ndarray, np.ndarray]) -> Edges:
+        parts = [e for e in parts if len(e)] or [Edges()]
+        a, b = _cat([e.a for e in parts]), _cat([e.b for e in parts])
+        return Edges(apply_map(a, m) if len(m[0]) else a, apply_map(b, m) if len(m[0]) else b,
+                     *(_cat([getattr(e, f) for e in parts]) for f in ("wmax", "wsum", "count")))
 
-    edges = Edges.concat([renamed(c.edges, link) for c in children]
-                         + [renamed(e, united) for e in face_edges])
+    edges = Edges.concat([renamed([c.edges for c in children], link),
+                          renamed(face_edges, united)])
     if len(lf):
         seg = seg.relabel(link)
     res = resolve(seg, edges, frozen_mask(seg, node_lo, node_hi, volume_faces), params)
@@ -530,18 +534,28 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
     return res
 
 
-def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> np.ndarray:
-    """Final ids of ``labels`` following renames and finals from the chunk's node to the root."""
+def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
+          ids: tuple[int, int] | None = None) -> np.ndarray:
+    """Final ids of ``labels`` following renames and finals from the chunk's node to the root.
+
+    ``ids``: (first, last) when the nonzero labels are known to be exactly ``first..last``.
+    """
     flat = labels.reshape(-1)
-    lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
-    span = int(hi) - int(lo) + 1
-    if 0 < span <= 4 * flat.size:  # values through a table: no voxel-sized index arrays
-        uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
-    else:  # values renumbered 0..k (hashing: no sort of the voxels)
-        inv, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
-        uniq = np.zeros(len(mapping) + 1, np.uint64)
-        uniq[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
-            mapping.keys(), np.uint64, len(mapping))
+    tabled = ids is not None and labels.dtype == np.uint64  # values through a table
+    if tabled:
+        lo, span = np.uint64(max(ids[0], 1)), ids[1] - max(ids[0], 1) + 1
+        uniq = np.arange(lo, lo + np.uint64(max(span, 0)), dtype=np.uint64)
+    else:
+        lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
+        span = int(hi) - int(lo) + 1
+        tabled = 0 < span <= 4 * flat.size  # (no voxel-sized index arrays)
+        if tabled:
+            uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
+        else:  # values renumbered 0..k (hashing: no sort of the voxels)
+            inv, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+            uniq = np.zeros(len(mapping) + 1, np.uint64)
+            uniq[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
+                mapping.keys(), np.uint64, len(mapping))
     cur = uniq.copy()
     out = np.zeros(len(uniq), np.uint64)
     done = uniq == 0
@@ -555,8 +569,8 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True) -> n
             done |= hit
     if strict and not done.all():
         raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
-    if 0 < span <= 4 * flat.size:
-        table = np.zeros(span, np.uint64)
+    if tabled:
+        table = np.zeros(max(span, 0), np.uint64)
         table[(uniq - lo).astype(np.intp)] = out
         return _through(flat, lo, table).reshape(labels.shape)
     return out[inv].reshape(labels.shape)

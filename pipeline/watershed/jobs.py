@@ -57,7 +57,9 @@ def chunk_job(store: Store, layout: Layout, coord: Vec, aff_padded: np.ndarray,
     basins = watershed_basins(aff_padded, box.start, box.shape, layout.id_offset(coord),
                               layout.bbox.start, layout.bbox.shape, params)
     del aff_padded
-    store.put(f"ws/labels/{node.tag}", {"labels": basins.labels})
+    n = len(basins.segments)  # ids id_offset + 1..n, each in the labels
+    store.put(f"ws/labels/{node.tag}", {"labels": basins.labels, "ids": np.array(
+        [layout.id_offset(coord) + 1, layout.id_offset(coord) + n], np.uint64)})
     store.put(f"ws/faces/{node.tag}", basins.faces)
     basins.labels = basins.faces = None
     resolution = resolve_basins(basins, lo, hi, faces, params)
@@ -98,9 +100,10 @@ def node_job(store: Store, layout: Layout, node: OctreeNode, params: WatershedPa
 
 def remap_job(store: Store, layout: Layout, coord: Vec) -> np.ndarray:
     """The chunk's final supervoxel ids."""
-    labels = store.get(f"ws/labels/{OctreeNode(0, coord).tag}")["labels"]
+    stored = store.get(f"ws/labels/{OctreeNode(0, coord).tag}")
     chain = [Resolution.from_arrays(store.get(f"ws/nodes/{n.tag}")) for n in layout.chain(coord)]
-    return remap(labels, chain)
+    ids = stored.get("ids")
+    return remap(stored["labels"], chain, ids=None if ids is None else tuple(map(int, ids)))
 
 
 def padded_block(aff: np.ndarray, run: Bbox, box: Bbox, margin: int) -> np.ndarray:
