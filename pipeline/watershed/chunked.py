@@ -33,7 +33,7 @@ from pipeline.regiongraph import (
     frozen_mask,
     resolve,
 )
-from pipeline.watershed.kernels import region_graph
+from pipeline.watershed.kernels import face_entry, max_per_pair
 
 MARGIN = 3
 """Affinity margin an atomic chunk reads: its own decisions and its 1-voxel shell's need 3."""
@@ -177,8 +177,11 @@ def kept_edges(aff: np.ndarray, high: float, low: float) -> np.ndarray:
 def _basin_labels(cc, kept, m, ncc, origin, run_start,
                   run_shape):  # pragma: no cover - compiled
     """Components ``cc`` of voxels that keep an edge (``kept`` read at offset ``m``), numbered
-    1..n by first voxel in C order; and per basin size, key and bbox."""
+    1..n by first voxel in C order; per basin size, key and bbox; and the region graph's
+    entries per lo bucket (see :func:`pipeline.watershed.kernels.max_per_pair`)."""
     X, Y, Z = cc.shape
+    counts = np.zeros(ncc + 2, np.int64)
+    last = np.full((3, 3), -1, dtype=np.int64)
     lut = np.zeros(ncc + 1, np.int64)
     labels = np.zeros((X, Y, Z), np.uint64)
     size = np.zeros(ncc + 1, np.int64)
@@ -190,6 +193,7 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start,
         gx = origin[0] + x
         for y in range(Y):
             gy = origin[1] + y
+            last[:, 0] = -1
             for z in range(Z):
                 c = cc[x, y, z]
                 if c == 0 or kept[x + m, y + m, z + m] == 0:
@@ -199,6 +203,11 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start,
                     n += 1
                     lut[c] = s = n
                 labels[x, y, z] = s
+                for a in range(3):  # its faces toward labelled predecessors
+                    flo, fhi, new = face_entry(labels, x, y, z, a, last)
+                    if new:
+                        counts[flo + 1] += 1
+                        last[a, 0], last[a, 1] = flo, fhi
                 gz = origin[2] + z
                 lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
                     (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
@@ -211,7 +220,7 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start,
                     if g > hi[s, a]:
                         hi[s, a] = g
     return (labels, size[1:n + 1].copy(), key[1:n + 1].copy(), lo[1:n + 1].copy(),
-            hi[1:n + 1].copy())
+            hi[1:n + 1].copy(), counts[:n + 2].copy())
 
 
 @njit(cache=True)
@@ -269,7 +278,7 @@ def watershed_basins(aff_padded: np.ndarray, origin: tuple[int, int, int],
     # kept on the chunk and its high shell (for the faces); the graph of the chunk
     kept, graph = _steepest_ascent(aff_padded, params.high, params.low, lo, hi + 1, lo, hi)
     cc = cc3d.color_connectivity_graph(graph.T, connectivity=6).T  # C order, no copies
-    labels, size, key, slo, shi = _basin_labels(
+    labels, size, key, slo, shi, counts = _basin_labels(
         cc, kept, m, int(cc.max()) if cc.size else 0, np.array(origin, np.int64),
         np.array(run_start, np.int64), np.array(run_shape, np.int64))
     del graph, cc  # the chunk's peak memory comes later, in the region graph and resolve
@@ -278,7 +287,7 @@ def watershed_basins(aff_padded: np.ndarray, origin: tuple[int, int, int],
     seg = Segments(np.arange(1, n + 1, dtype=np.uint64) + off, size, key, slo, shi,
                    np.zeros((n, 0), np.int64))
     own_aff = aff_padded[m:m + shape[0], m:m + shape[1], m:m + shape[2]]
-    pairs, weights = region_graph(own_aff, labels)  # on ids 1..n: no renumbering
+    pairs, weights = max_per_pair(own_aff, labels, n, counts)  # on ids 1..n
     pairs += off
     edges = Edges(pairs[:, 0], pairs[:, 1], weights.astype(np.float32, copy=False),
                   np.zeros(len(weights), np.int64), np.zeros(len(weights), np.int64))

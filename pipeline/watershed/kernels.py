@@ -26,11 +26,27 @@ def _check_aff(aff: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
+def face_entry(labels, x, y, z, c, last):  # pragma: no cover - compiled
+    """The face of voxel (x, y, z) (label nonzero) toward its predecessor along ``c``: (lo, hi,
+    whether it starts an entry of the lo bucket), lo = -1 if there is no face between distinct
+    nonzero labels. A repeat of the channel's last pair (``last[c]``, reset per (x, y) row)
+    along z folds into that pair's entry: shorter lists, the same result."""
+    if (x, y, z)[c] == 0:
+        return -1, -1, False
+    a = np.int64(labels[x, y, z])
+    b = np.int64(labels[x - (c == 0), y - (c == 1), z - (c == 2)])
+    if b == 0 or b == a:
+        return -1, -1, False
+    lo, hi = (a, b) if a < b else (b, a)
+    return lo, hi, not (last[c, 0] == lo and last[c, 1] == hi)
+
+
+@njit(cache=True)
 def _boundary_buckets(aff, labels, n, count, fill):  # pragma: no cover - compiled
     """(hi, affinity) per voxel face between distinct nonzero (dense) labels lo < hi, in lo
-    buckets in the order met. ``count``: only count the entries per lo (the first result), else
-    ``fill`` holds where the buckets start (advanced as they fill). Consecutive repeats of a
-    pair along z fold into one entry (keeping the max): shorter lists, the same result."""
+    buckets in the order met (entries: see :func:`face_entry`). ``count``: only count the
+    entries per lo (the first result), else ``fill`` holds where the buckets start (advanced
+    as they fill)."""
     X, Y, Z = labels.shape
     counts = np.zeros(n + 2 if count else 0, dtype=np.int64)
     his = np.empty(0 if count else fill[n + 1], dtype=np.int32)  # dense ids < 2**31
@@ -40,15 +56,13 @@ def _boundary_buckets(aff, labels, n, count, fill):  # pragma: no cover - compil
         for y in range(Y):
             last[:, 0] = -1
             for z in range(Z):
-                a = np.int64(labels[x, y, z])
+                if labels[x, y, z] == 0:
+                    continue
                 for c in range(3):
-                    if a == 0 or (x, y, z)[c] == 0:
+                    lo, hi, new = face_entry(labels, x, y, z, c, last)
+                    if lo < 0:
                         continue
-                    b = np.int64(labels[x - (c == 0), y - (c == 1), z - (c == 2)])
-                    if b == 0 or b == a:
-                        continue
-                    lo, hi = (a, b) if a < b else (b, a)
-                    if last[c, 0] == lo and last[c, 1] == hi:
+                    if not new:
                         if not count:
                             vals[last[c, 2]] = max(vals[last[c, 2]], aff[x, y, z, c])
                     elif count:
@@ -119,9 +133,15 @@ def _rows_by_code(ulo, uhi, uw, code):  # pragma: no cover - compiled
     return edges, weights
 
 
-def _max_per_pair(aff: np.ndarray, dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique face pairs (lo, hi) of ``dense`` (ids <= n), max affinity, by (-w, lo, hi)."""
-    start = np.cumsum(_boundary_buckets(aff, dense, n, True, np.zeros(0, np.int64))[0])
+def max_per_pair(aff: np.ndarray, dense: np.ndarray, n: int,
+                 counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unique face pairs (lo, hi) of ``dense`` (ids <= n), max affinity, by (-w, lo, hi).
+
+    ``counts``: the entries per lo bucket (at lo + 1, n + 2 of them) if already counted.
+    """
+    if counts is None:
+        counts = _boundary_buckets(aff, dense, n, True, np.zeros(0, np.int64))[0]
+    start = np.cumsum(counts)
     ulo, uhi, uw = _bucket_max(start, *_boundary_buckets(aff, dense, n, False, start.copy())[1:],
                                n)
     code = _weight_codes(uw)
@@ -164,6 +184,6 @@ def region_graph(aff: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     dense, inverse = _dense_order_preserving(labels)
     if inverse.size > np.iinfo(np.int32).max:
         raise ValueError(f"{inverse.size - 1} segments in one block; at most 2**31 - 2")
-    edges, weights = _max_per_pair(aff, dense, inverse.size - 1)
+    edges, weights = max_per_pair(aff, dense, inverse.size - 1)
     same = np.array_equal(inverse, np.arange(inverse.size, dtype=np.uint64))
     return (edges if same else inverse[edges]), weights
