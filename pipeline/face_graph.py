@@ -1,9 +1,9 @@
-"""Face statistics per pair of labels meeting across voxel faces (pure arrays, numba).
+"""The agglomeration's region graph of a chunk: fixed-point affinity sum and face count per
+pair of supervoxels meeting across voxel faces, with per-supervoxel statistics (pure arrays,
+numba).
 
-The region graphs of both the watershed (max affinity) and the agglomeration (fixed-point
-affinity sum and face count) come from one scan. Labels come densely numbered (0 = none), so
-a pair is one int64 key; pairs are found through an open-addressing table, and a pair met
-again along z (faces come in runs) skips the lookup.
+Labels come densely numbered (0 = none), so a pair is one int64 key; pairs are found through
+an open-addressing table, and a pair met again along z (faces come in runs) skips the lookup.
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ def _wider(col, rows):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, row,
-          table, keys, pa, pb, wmax, sums, counts, rows, size, lo, hi,
-          seen):  # pragma: no cover - compiled
+def _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, row, table,
+          keys, pa, pb, sums, counts, rows, size, lo, hi, seen):  # pragma: no cover - compiled
     """Rows (x, y) of the chunk from ``row`` on, while the pair table surely has room; returns
     the pairs' count and the next row (see :func:`face_graph`)."""
     X, Y, Z = shape[0], shape[1], shape[2]
-    PY, PZ = Y + pad, Z + pad
+    PY, PZ = Y + 1, Z + 1
     stride = (PY * PZ, PZ, 1)
     last = np.full(3, _EMPTY, np.int64)  # per channel: the key and row of the previous face
     last_row = np.zeros(3, np.int64)
@@ -52,7 +51,7 @@ def _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin, run_start
         gx, gy = origin[0] + x, origin[1] + y
         first[0], first[1] = gx == run_start[0], gy == run_start[1]
         last[:] = _EMPTY
-        base = ((x + pad) * PY + y + pad) * PZ + pad
+        base = ((x + 1) * PY + y + 1) * PZ + 1
         run_label, run_z = np.int64(0), 0
         for z in range(Z + 1):  # a run of one label along z ends at z (Z: the row's end)
             lv = np.int64(flat[base + z]) if z < Z else np.int64(-1)
@@ -76,7 +75,7 @@ def _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin, run_start
                 lu = np.int64(flat[iu])
                 if lu == 0 or lu == lv:
                     continue
-                w = faff[((x * Y + y) * Z + z) * 3 + c]
+                w = aff[x, y, z, c]
                 if use_myelin and (fmy[base + z] > myelin_thr or fmy[iu] > myelin_thr):
                     w = np.float32(0.0)
                 key = min(lv, lu) * (n + 1) + max(lv, lu)
@@ -90,9 +89,7 @@ def _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin, run_start
                         rows += 1
                         table[i], keys[r] = r, key
                         pa[r], pb[r], sums[r], counts[r] = min(lv, lu), max(lv, lu), 0, 0
-                        wmax[r] = w
                     last[c], last_row[c] = key, r
-                wmax[r] = max(wmax[r], w)
                 sums[r] += np.int64(np.round(np.float64(w) * FIXED_POINT))
                 counts[r] += 1
                 if seen[lu, 0] == _NONE and (
@@ -103,17 +100,16 @@ def _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin, run_start
 
 
 @njit(cache=True)
-def face_graph(dense, pad, n, aff, myelin, use_myelin, myelin_thr, origin,
+def face_graph(dense, n, aff, myelin, use_myelin, myelin_thr, origin,
                run_start):  # pragma: no cover - compiled
-    """Per pair of dense labels (lo < hi) meeting across a face the chunk owns: max affinity,
-    fixed-point affinity sum and face count; per label, its voxels in the chunk (size, bbox)
-    and, for one met across a face only in the margin, that voxel (``seen``; int64 min when
-    none).
+    """Per pair of dense labels (lo < hi) meeting across a face the chunk owns: fixed-point
+    affinity sum and face count; per label, its voxels in the chunk (size, bbox) and, for one
+    met across a face only in the margin, that voxel (``seen``; int64 min when none).
 
     The chunk's faces join each of its voxels to its predecessors along x, y, z. ``aff`` covers
     the chunk, whose first voxel is at ``origin``; ``dense`` (ids 0..n) and ``myelin`` (if
-    ``use_myelin``) cover it grown by ``pad`` (0 or 1) voxels on its low sides. Faces with a
-    voxel outside ``dense`` or before ``run_start`` do not count.
+    ``use_myelin``) cover it grown by one voxel on its low sides. Faces with a voxel before
+    ``run_start`` do not count.
     """
     shape = np.array(aff.shape[:3], np.int64)
     size = np.zeros(n + 1, np.int64)
@@ -126,22 +122,19 @@ def face_graph(dense, pad, n, aff, myelin, use_myelin, myelin_thr, origin,
     table = np.full(cap, _EMPTY, np.int64)
     keys, pa, pb = np.empty(cap // 2, np.int64), np.empty(cap // 2, np.int64), np.empty(
         cap // 2, np.int64)
-    wmax = np.empty(cap // 2, np.float32)
     sums, counts = np.zeros(cap // 2, np.int64), np.zeros(cap // 2, np.int64)
     rows, row = 0, 0
-    flat, faff, fmy = dense.reshape(-1), aff.reshape(-1), myelin.reshape(-1)
-    start = run_start if pad else origin  # without a margin, no faces before the chunk
+    flat, fmy = dense.reshape(-1), myelin.reshape(-1)
     while True:
-        rows, row = _scan(flat, pad, faff, fmy, use_myelin, myelin_thr, shape, origin,
-                          start, n, row, table, keys, pa, pb, wmax, sums, counts, rows, size,
+        rows, row = _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start,
+                          n, row, table, keys, pa, pb, sums, counts, rows, size,
                           lo, hi, seen)
         if row == shape[0] * shape[1]:
             break
         keys, pa, pb = _wider(keys, rows), _wider(pa, rows), _wider(pb, rows)
-        wmax = _wider(wmax, rows)
         sums, counts = _wider(sums, rows), _wider(counts, rows)
         table = np.full(table.size * 2, _EMPTY, np.int64)
         for r in range(rows):
             table[_slot(table, keys, keys[r])] = r
-    return (pa[:rows].copy(), pb[:rows].copy(), wmax[:rows].copy(), sums[:rows].copy(),
+    return (pa[:rows].copy(), pb[:rows].copy(), sums[:rows].copy(),
             counts[:rows].copy(), size, lo, hi, seen)

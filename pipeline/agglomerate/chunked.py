@@ -67,8 +67,8 @@ def chunk_graph(ws_padded: np.ndarray, aff: np.ndarray, origin: tuple[int, ...],
     ids[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
         mapping.keys(), np.uint64, len(mapping))
     my = myelin_padded if myelin_padded is not None else np.zeros((1, 1, 1), np.float32)
-    a, b, _, s, c, size, lo, hi, seen = face_graph(
-        dense, 1, n, np.ascontiguousarray(aff, np.float32), np.ascontiguousarray(my, np.float32),
+    a, b, s, c, size, lo, hi, seen = face_graph(
+        dense, n, aff.astype(np.float32, copy=False), np.ascontiguousarray(my, np.float32),
         myelin_padded is not None, np.float32(params.myelin_threshold),
         np.array(origin, np.int64), np.array(run_start, np.int64))
     a, b = ids[a], ids[b]
