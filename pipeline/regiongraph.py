@@ -548,7 +548,7 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
     else:
         lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
         span = int(hi) - int(lo) + 1
-        tabled = 0 < span <= max(4 * flat.size, 1 << 22)  # (no voxel-sized index arrays)
+        tabled = 0 < span <= 4 * flat.size  # (no voxel-sized index arrays)
         if tabled:
             uniq = np.flatnonzero(_present(flat, lo, span)).astype(np.uint64) + lo
         else:  # values renumbered 0..k (hashing: no sort of the voxels)
