@@ -69,45 +69,55 @@ def _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb, v, out, nm, 
 
 
 @njit(cache=True)
-def _order(key, tainted, ra, rb):  # pragma: no cover - compiled
-    """The queue's order among equal weights: touching tainted first, then the keys."""
-    ka, kb = np.int64(key[ra]), np.int64(key[rb])
-    clean = np.int64(0 if tainted[ra] or tainted[rb] else 1)
-    return (clean, ka, kb) if ka < kb else (clean, kb, ka)
+def _order(rank, tainted, ra, rb):  # pragma: no cover - compiled
+    """The queue's order among equal weights: touching tainted first, then the keys (ranks
+    of keys, < 2**31), packed in one uint64."""
+    lo, hi = min(rank[ra], rank[rb]), max(rank[ra], rank[rb])
+    clean = np.uint64(0 if tainted[ra] or tainted[rb] else 1)
+    return (clean << np.uint64(62)) | (np.uint64(lo) << np.uint64(31)) | np.uint64(hi)
 
 
 @njit(cache=True)
-def _push_edge(heap, e, k, ea, eb, parent, key, tainted):  # pragma: no cover - compiled
+def _push_edge(heap, e, k, ea, eb, parent, rank, tainted):  # pragma: no cover - compiled
     """Queue edge ``e`` (entry ``k`` of its group) at its order now, unless it joins one root."""
     a, b = _find(parent, ea[e]), _find(parent, eb[e])
     if a != b:
-        heapq.heappush(heap, (*_order(key, tainted, a, b), np.int64(k)))
+        heapq.heappush(heap, (_order(rank, tainted, a, b), np.int64(k)))
 
 
 @njit(cache=True)
 def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, jv, out, nm, size_thr,
                ghead, gnext, fresh):  # pragma: no cover - compiled
-    """Edges ``es`` of one weight ``v`` in the queue's order; a merge or a taint re-queues
-    the edges whose order it changed (their older entries are then skipped).
+    """Edges ``es`` of one weight ``v`` in the queue's order: sorted once by their order at the
+    start; a merge or a taint, which can only move an edge earlier, re-queues the edges whose
+    order it changed in a heap (their older entries are then skipped).
 
     A small segment tainted through an edge to a cluster tainted before the group, with all
     its edges of the group leading into that cluster, is certain to join it: it has no other
     way at this weight, in any order. Those joins are applied after the group, so that no
     decision within it counts them."""
-    heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
+    heap = [(np.uint64(0), np.int64(0))]
     heap.pop()
+    codes, ks = np.empty(es.size, np.uint64), np.empty(es.size, np.int64)
+    m = 0
     for k in range(es.size):
         ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
         if ra != rb:
             gnext[2 * k], ghead[ra] = ghead[ra], 2 * k
             gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
-            _push_edge(heap, es[k], k, ea, eb, parent, key, tainted)
+            codes[m], ks[m] = _order(key, tainted, ra, rb), k
+            m += 1
+    start = np.argsort(codes[:m], kind="mergesort")  # stable: (code, k) order
     joins = np.empty((es.size, 2), np.int64)
-    nj = 0
-    while len(heap):
-        clean, lo, hi, k = heapq.heappop(heap)
+    nj = i = 0
+    while i < m or len(heap):
+        if len(heap) and (i == m or heap[0] < (codes[start[i]], ks[start[i]])):
+            code, k = heapq.heappop(heap)
+        else:
+            code, k = codes[start[i]], ks[start[i]]
+            i += 1
         ra, rb = _find(parent, ea[es[k]]), _find(parent, eb[es[k]])
-        if ra == rb or _order(key, tainted, ra, rb) != (clean, lo, hi):
+        if ra == rb or _order(key, tainted, ra, rb) != code:
             continue
         nm, r, o, t = _decide(parent, size, key, tainted, cparent, csize, jv, ra, rb, v, out,
                               nm, size_thr, True)
@@ -294,30 +304,49 @@ def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
 
 
 @njit(cache=True)
+def _ranks(key):  # pragma: no cover - compiled
+    """Whether the keys are distinct; if so each key's rank, and the keys sorted."""
+    n = key.size
+    rank = np.zeros(n, np.int64)
+    k0 = key.min() if n else np.uint64(0)
+    if n and key.max() - k0 < 16 * n:  # by a table over the key span, else by sorting
+        below = np.zeros(np.int64(key.max() - k0) + 2, np.int64)
+        for i in range(n):
+            if below[key[i] - k0 + 1]:
+                return False, rank, key
+            below[key[i] - k0 + 1] = 1
+        sk = np.flatnonzero(below).astype(np.uint64) + k0 - np.uint64(1)
+        below = np.cumsum(below)
+        for i in range(n):
+            rank[i] = below[key[i] - k0]
+        return True, rank, sk
+    order = np.argsort(key)
+    sk = key[order]
+    for i in range(n):
+        if i and sk[i] == sk[i - 1]:
+            return False, rank, key
+        rank[order[i]] = i
+    return True, rank, sk
+
+
+@njit(cache=True)
 def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
                     nan):  # pragma: no cover - compiled
     """:func:`single_linkage_dense`, given the edges above ``threshold`` first and in
     descending order; ``nan``: whether a weight was NaN."""
     n = size.size
-    size, key, hist, tainted = size.copy(), key.copy(), hist.copy(), frozen.copy()
+    size, hist, tainted = size.copy(), hist.copy(), frozen.copy()
     out = np.zeros((n, 4), np.float64)
     root = np.arange(n)
     final_val = np.zeros(n, np.uint64)
     ok = n < 2**31 and not nan
-    k0 = key.min() if n else np.uint64(0)
-    if n and key.max() - k0 < 16 * n:  # distinct keys? by a bitmap, else by sorting
-        seen = np.zeros(np.int64(key.max() - k0) + 1, np.bool_)
-        for i in range(n):
-            ok &= not seen[key[i] - k0]
-            seen[key[i] - k0] = True
-    else:
-        sk = np.sort(key)
-        for i in range(1, n):
-            ok &= sk[i] != sk[i - 1]
+    distinct, rank, sk = _ranks(key)  # keys as ranks: they order and merge alike
+    ok &= distinct
     if not ok:
         none = np.zeros(0, np.int64)
         return (False, root, tainted, final_val, np.zeros(0, np.bool_), none, none,
-                np.zeros(0, np.float32), hist, size, key, out[:0])
+                np.zeros(0, np.float32), hist, size, key.copy(), out[:0])
+    key = rank
     m = 0  # the edges above threshold
     while m < wmax.size and wmax[m] > threshold:
         m += 1
@@ -353,6 +382,7 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
         o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
         for j in range(hist.shape[1]):
             hist[r, j] += hist[o, j]
+    key = sk[rank]
     for i in range(n):
         root[i] = _find(parent, i)
         if root[i] == i:
