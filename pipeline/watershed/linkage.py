@@ -86,6 +86,21 @@ def _push_edge(heap, e, k, ea, eb, parent, rank, tainted):  # pragma: no cover -
 
 
 @njit(cache=True)
+def _by_code(codes, m):  # pragma: no cover - compiled
+    """Indices of ``codes[:m]`` in stable ascending order."""
+    if m > _SMALL_GROUP:
+        return np.argsort(codes[:m], kind="mergesort")
+    out = np.arange(m)
+    for a in range(1, m):  # insertion sort
+        i, b = out[a], a - 1
+        while b >= 0 and codes[out[b]] > codes[i]:
+            out[b + 1] = out[b]
+            b -= 1
+        out[b + 1] = i
+    return out
+
+
+@njit(cache=True)
 def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, jv, out, nm, size_thr,
                ghead, gnext, fresh):  # pragma: no cover - compiled
     """Edges ``es`` of one weight ``v`` in the queue's order: sorted once by their order at the
@@ -107,7 +122,7 @@ def _tie_group(es, ea, eb, v, parent, size, key, tainted, cparent, csize, jv, ou
             gnext[2 * k + 1], ghead[rb] = ghead[rb], 2 * k + 1
             codes[m], ks[m] = _order(key, tainted, ra, rb), k
             m += 1
-    start = np.argsort(codes[:m], kind="mergesort")  # stable: (code, k) order
+    start = _by_code(codes, m)
     joins = np.empty((es.size, 2), np.int64)
     nj = i = 0
     while i < m or len(heap):
@@ -182,13 +197,32 @@ def single_linkage_dense(size, key, frozen, hist, ea, eb, wmax, threshold, size_
     :func:`_residual`, hist, size, key, merges); not ok (and nothing done) where keys repeat,
     a weight is NaN or there are 2**31 segments. ``wmax`` is float32."""
     nan = bool(np.isnan(wmax).any())
+    rank, sorted_keys = _ranks(np.asarray(key, np.uint64))
     packed = _packed(wmax, threshold)
     if packed.size:  # the edges above threshold, gathered in order: the walk reads them in a
         packed.sort()  # row, not at random (numpy's sort: by weight, then index)
         ea, eb, wmax = _in_order(packed, ea, eb, wmax)
         del packed
-    return _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
-                           nan)
+    return _single_linkage(size, key, rank, sorted_keys, frozen, hist, ea, eb, wmax, threshold,
+                           size_thr, dust, nan)
+
+
+def _ranks(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each key's rank (int64) and the keys sorted; ranks order and merge (min) as the keys
+    do, and, unlike keys, fit in 31 bits (the walk packs a pair of them)."""
+    n = key.size
+    bits = max(int(n).bit_length(), 1)
+    if n and int(key.max()) < 1 << (64 - bits):  # (key, index) packed: a plain sort
+        packed = (key << np.uint64(bits)) | np.arange(n, dtype=np.uint64)
+        packed.sort()
+        order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+        sorted_keys = packed >> np.uint64(bits)
+    else:
+        order = np.argsort(key)
+        sorted_keys = key[order]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return rank, sorted_keys
 
 
 @njit(cache=True)
@@ -304,49 +338,24 @@ def _residual(parent, tainted, cparent, jv, ea, eb, wmax, threshold
 
 
 @njit(cache=True)
-def _ranks(key):  # pragma: no cover - compiled
-    """Whether the keys are distinct; if so each key's rank, and the keys sorted."""
-    n = key.size
-    rank = np.zeros(n, np.int64)
-    k0 = key.min() if n else np.uint64(0)
-    if n and key.max() - k0 < 16 * n:  # by a table over the key span, else by sorting
-        below = np.zeros(np.int64(key.max() - k0) + 2, np.int64)
-        for i in range(n):
-            if below[key[i] - k0 + 1]:
-                return False, rank, key
-            below[key[i] - k0 + 1] = 1
-        sk = np.flatnonzero(below).astype(np.uint64) + k0 - np.uint64(1)
-        below = np.cumsum(below)
-        for i in range(n):
-            rank[i] = below[key[i] - k0]
-        return True, rank, sk
-    order = np.argsort(key)
-    sk = key[order]
-    for i in range(n):
-        if i and sk[i] == sk[i - 1]:
-            return False, rank, key
-        rank[order[i]] = i
-    return True, rank, sk
-
-
-@njit(cache=True)
-def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, dust,
-                    nan):  # pragma: no cover - compiled
+def _single_linkage(size, key, rank, sorted_keys, frozen, hist, ea, eb, wmax, threshold,
+                    size_thr, dust, nan):  # pragma: no cover - compiled
     """:func:`single_linkage_dense`, given the edges above ``threshold`` first and in
-    descending order; ``nan``: whether a weight was NaN."""
+    descending order, the keys' ranks and the keys sorted; ``nan``: whether a weight was
+    NaN."""
     n = size.size
     size, hist, tainted = size.copy(), hist.copy(), frozen.copy()
     out = np.zeros((n, 4), np.float64)
     root = np.arange(n)
     final_val = np.zeros(n, np.uint64)
     ok = n < 2**31 and not nan
-    distinct, rank, sk = _ranks(key)  # keys as ranks: they order and merge alike
-    ok &= distinct
+    for i in range(1, n):
+        ok &= sorted_keys[i] != sorted_keys[i - 1]
     if not ok:
         none = np.zeros(0, np.int64)
         return (False, root, tainted, final_val, np.zeros(0, np.bool_), none, none,
                 np.zeros(0, np.float32), hist, size, key.copy(), out[:0])
-    key = rank
+    key = rank.copy()  # keys as ranks: they order and merge alike
     m = 0  # the edges above threshold
     while m < wmax.size and wmax[m] > threshold:
         m += 1
@@ -382,7 +391,7 @@ def _single_linkage(size, key, frozen, hist, ea, eb, wmax, threshold, size_thr, 
         o, r = np.int64(out[i, 0]), np.int64(out[i, 1])
         for j in range(hist.shape[1]):
             hist[r, j] += hist[o, j]
-    key = sk[rank]
+    key = sorted_keys[key]
     for i in range(n):
         root[i] = _find(parent, i)
         if root[i] == i:
