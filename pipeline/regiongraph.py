@@ -543,8 +543,8 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
     flat = labels.reshape(-1)
     tabled = ids is not None and labels.dtype == np.uint64  # values through a table
     if tabled:
-        lo, span = np.uint64(max(ids[0], 1)), ids[1] - max(ids[0], 1) + 1
-        uniq = np.arange(lo, lo + np.uint64(max(span, 0)), dtype=np.uint64)
+        lo, span = np.uint64(ids[0]), ids[1] - ids[0] + 1  # (first >= 1; span 0: none)
+        uniq = np.arange(ids[0], ids[1] + 1, dtype=np.uint64)
     else:
         lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
         span = int(hi) - int(lo) + 1
@@ -570,7 +570,7 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
     if strict and not done.all():
         raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
     if tabled:
-        table = np.zeros(max(span, 0), np.uint64)
+        table = np.zeros(span, np.uint64)
         table[(uniq - lo).astype(np.intp)] = out
         return _through(flat, lo, table).reshape(labels.shape)
     return out[inv].reshape(labels.shape)
