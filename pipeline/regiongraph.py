@@ -546,7 +546,10 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
         lo, span = np.uint64(ids[0]), ids[1] - ids[0] + 1  # (first >= 1; span 0: none)
         uniq = np.arange(ids[0], ids[1] + 1, dtype=np.uint64)
     else:
-        lo, hi = _nonzero_range(flat) if labels.dtype == np.uint64 else (1, 0)
+        lo, hi = np.uint64(1), np.uint64(0)
+        if labels.dtype == np.uint64 and flat.size:
+            hi = flat.max()  # (vectorized); the smallest nonzero id only if the span is long
+            lo, hi = (lo, hi) if hi <= 4 * flat.size else _nonzero_range(flat)
         span = int(hi) - int(lo) + 1
         tabled = 0 < span <= 4 * flat.size  # (no voxel-sized index arrays)
         if tabled:
