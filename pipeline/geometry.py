@@ -126,15 +126,26 @@ class ChunkGrid:
         for z, y, x in itertools.product(*(range(n) for n in reversed(self.shape))):
             yield (x, y, z)
 
+    @cached_property
+    def _recent(self) -> dict[Vec, Bbox]:
+        return {}
+
     def chunk(self, coord: Sequence[int]) -> Bbox:
         """The voxel box of the chunk at grid coordinate ``coord``, clipped to the grid's bbox."""
         c = vec(coord)
+        box = self._recent.get(c)
+        if box is not None:
+            return box
         if any(not 0 <= v < n for v, n in zip(c, self.shape, strict=True)):
             raise IndexError(f"chunk {c} outside grid of shape {self.shape}")
         start = tuple(o + v * s for o, v, s in zip(self.bbox.start, c, self.chunk_size,
                                                    strict=True))
-        return Bbox(start, tuple(start[i] + self.chunk_size[i] for i in range(3))) \
+        box = Bbox(start, tuple(start[i] + self.chunk_size[i] for i in range(3))) \
             .intersection(self.bbox)
+        if len(self._recent) >= 4096:  # a bounded memo: octree jobs ask for the same chunks
+            self._recent.clear()
+        self._recent[c] = box
+        return box
 
     def __iter__(self) -> Iterator[Bbox]:
         return (self.chunk(c) for c in self.coords())

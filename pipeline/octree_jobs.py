@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -64,11 +65,11 @@ class Layout:
     bbox: Bbox
     chunk_size: Vec
 
-    @property
+    @cached_property
     def grid(self) -> ChunkGrid:
         return ChunkGrid(self.bbox, self.chunk_size)
 
-    @property
+    @cached_property
     def octree(self) -> Octree:
         return Octree(self.grid)
 
