@@ -223,35 +223,6 @@ def _basin_labels(cc, kept, m, ncc, origin, run_start,
             hi[1:n + 1].copy(), counts[:n + 2].copy())
 
 
-@njit(cache=True)
-def segment_stats(labels, origin, run_start, run_shape):  # pragma: no cover - compiled
-    """Per label 1..n of a dense-labelled block: size, min linear index, inclusive bbox."""
-    n = labels.max()
-    size = np.zeros(n + 1, np.int64)
-    key = np.full(n + 1, np.iinfo(np.uint64).max, np.uint64)
-    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, np.int64)
-    hi = np.full((n + 1, 3), np.iinfo(np.int64).min, np.int64)
-    X, Y, Z = labels.shape
-    for x in range(X):
-        for y in range(Y):
-            for z in range(Z):
-                s = labels[x, y, z]
-                if s == 0:
-                    continue
-                gx, gy, gz = origin[0] + x, origin[1] + y, origin[2] + z
-                lin = np.uint64((gx - run_start[0]) + run_shape[0] * (
-                    (gy - run_start[1]) + run_shape[1] * (gz - run_start[2])))
-                size[s] += 1
-                if lin < key[s]:
-                    key[s] = lin
-                for a, g in ((0, gx), (1, gy), (2, gz)):
-                    if g < lo[s, a]:
-                        lo[s, a] = g
-                    if g > hi[s, a]:
-                        hi[s, a] = g
-    return size[1:], key[1:], lo[1:], hi[1:]
-
-
 @dataclass
 class Basins:
     """An atomic chunk's basins (global ids): labels, segment table, region graph, faces."""
