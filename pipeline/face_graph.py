@@ -3,7 +3,8 @@ pair of supervoxels meeting across voxel faces, with per-supervoxel statistics (
 numba).
 
 Labels come densely numbered (0 = none), so a pair is one int64 key; pairs are found through
-an open-addressing table, and a pair met again along z (faces come in runs) skips the lookup.
+the open-addressing map of :mod:`pipeline.regiongraph_kernel`, and a pair met again along z
+(faces come in runs) skips the lookup.
 """
 
 from __future__ import annotations
@@ -12,19 +13,10 @@ import numpy as np
 from numba import njit
 
 from pipeline.regiongraph import FIXED_POINT
+from pipeline.regiongraph_kernel import _map_slot
 
 _EMPTY = np.int64(-1)
 _NONE = np.iinfo(np.int64).min
-
-
-@njit(cache=True)
-def _slot(table, keys, key):  # pragma: no cover - compiled
-    """Where ``key`` is in ``table`` (rows of ``keys``), or the empty slot it would take."""
-    mask = table.size - 1
-    i = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-    while table[i] != _EMPTY and keys[table[i]] != key:
-        i = (i + 1) & mask
-    return i
 
 
 @njit(cache=True)
@@ -35,8 +27,8 @@ def _wider(col, rows):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, row, table,
-          keys, pa, pb, sums, counts, rows, size, lo, hi, seen):  # pragma: no cover - compiled
+def _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, row, tkeys,
+          trows, pa, pb, sums, counts, rows, size, lo, hi, seen):  # pragma: no cover - compiled
     """Rows (x, y) of the chunk from ``row`` on, while the pair table surely has room; returns
     the pairs' count and the next row (see :func:`face_graph`)."""
     X, Y, Z = shape[0], shape[1], shape[2]
@@ -45,7 +37,7 @@ def _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, r
     last = np.full(3, _EMPTY, np.int64)  # per channel: the key and row of the previous face
     last_row = np.zeros(3, np.int64)
     first = np.zeros(3, np.bool_)  # per channel: on the run's first plane (no faces)
-    while row < X * Y and 2 * (rows + 3 * Z) <= table.size:
+    while row < X * Y and 2 * (rows + 3 * Z) <= tkeys.size:
         x, y = row // Y, row % Y
         row += 1
         gx, gy = origin[0] + x, origin[1] + y
@@ -82,13 +74,14 @@ def _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start, n, r
                 if key == last[c]:
                     r = last_row[c]
                 else:
-                    i = _slot(table, keys, key)
-                    r = table[i]
-                    if r == _EMPTY:
+                    i = _map_slot(tkeys, tkeys.size, key)
+                    if tkeys[i] == _EMPTY:
                         r = rows
                         rows += 1
-                        table[i], keys[r] = r, key
+                        tkeys[i], trows[i] = key, r
                         pa[r], pb[r], sums[r], counts[r] = min(lv, lu), max(lv, lu), 0, 0
+                    else:
+                        r = trows[i]
                     last[c], last_row[c] = key, r
                 sums[r] += np.int64(np.round(np.float64(w) * FIXED_POINT))
                 counts[r] += 1
@@ -119,22 +112,23 @@ def face_graph(dense, n, aff, myelin, use_myelin, myelin_thr, origin,
     cap = 1024
     while cap < 8 * shape[2]:  # room for a row's faces
         cap *= 2
-    table = np.full(cap, _EMPTY, np.int64)
-    keys, pa, pb = np.empty(cap // 2, np.int64), np.empty(cap // 2, np.int64), np.empty(
-        cap // 2, np.int64)
+    tkeys, trows = np.full(cap, _EMPTY, np.int64), np.empty(cap, np.int64)  # pair -> row
+    pa, pb = np.empty(cap // 2, np.int64), np.empty(cap // 2, np.int64)
     sums, counts = np.zeros(cap // 2, np.int64), np.zeros(cap // 2, np.int64)
     rows, row = 0, 0
     flat, fmy = dense.reshape(-1), myelin.reshape(-1)
     while True:
         rows, row = _scan(flat, aff, fmy, use_myelin, myelin_thr, shape, origin, run_start,
-                          n, row, table, keys, pa, pb, sums, counts, rows, size,
+                          n, row, tkeys, trows, pa, pb, sums, counts, rows, size,
                           lo, hi, seen)
         if row == shape[0] * shape[1]:
             break
-        keys, pa, pb = _wider(keys, rows), _wider(pa, rows), _wider(pb, rows)
+        pa, pb = _wider(pa, rows), _wider(pb, rows)
         sums, counts = _wider(sums, rows), _wider(counts, rows)
-        table = np.full(table.size * 2, _EMPTY, np.int64)
-        for r in range(rows):
-            table[_slot(table, keys, keys[r])] = r
+        tkeys, trows = np.full(tkeys.size * 2, _EMPTY, np.int64), np.empty(tkeys.size * 2,
+                                                                          np.int64)
+        for r in range(rows):  # rehashed: a pair's key is derived from its row
+            i = _map_slot(tkeys, tkeys.size, pa[r] * (n + 1) + pb[r])
+            tkeys[i], trows[i] = pa[r] * (n + 1) + pb[r], r
     return (pa[:rows].copy(), pb[:rows].copy(), sums[:rows].copy(),
             counts[:rows].copy(), size, lo, hi, seen)
