@@ -135,7 +135,8 @@ class InferenceParams(Strict):
     batch_size: int = Field(1, ge=1, le=1024, description="patches per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast dtype of the forward pass (fp16 needs cuda)")
+        "fp32", description="autocast dtype of the forward pass (fp16 needs cuda); fp32 is "
+                            "IEEE fp32 on GPUs too (no TF32)")
     input_mask: str | None = Field(None, description="layer whose nonzero voxels zero the input")
     output_mask: str | None = Field(
         None, description="layer whose nonzero voxels zero the output")

@@ -122,9 +122,14 @@ class Tiling:
 
 
 @contextlib.contextmanager
-def _autocast(device: torch.device, precision: str) -> Iterator[None]:
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Run the block under ``precision``: "bf16"/"fp16" autocast; "fp32" is IEEE fp32 on every
+    device (on a GPU, cuDNN's TF32 convolutions are off, so results match the CPU's)."""
     if precision == "fp32":
-        yield
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            yield
         return
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     with torch.autocast(device_type=device.type, dtype=dtype):
@@ -139,7 +144,7 @@ def run_batches(predict: Predict, inputs: Sequence[np.ndarray], batch_size: int 
     dev = torch.device(device)
     for i in range(0, len(inputs), batch_size):
         batch = torch.from_numpy(np.stack(inputs[i:i + batch_size])[:, None]).to(dev)
-        with torch.inference_mode(), _autocast(dev, precision):
+        with torch.inference_mode(), autocast(dev, precision):
             out = predict(batch)
         yield from out.float().cpu().numpy()
 
