@@ -26,7 +26,7 @@ import fastremap
 import numpy as np
 from numba import njit
 
-from pipeline.regiongraph_kernel import MODE_MEAN, MODE_SINGLE_LINKAGE, resolve_dense
+from pipeline.regiongraph_kernel import MODE_MEAN, MODE_SINGLE_LINKAGE, _map_slot, resolve_dense
 
 FIXED_POINT = float(1 << 24)
 """Affinity sums are accumulated as ``round(affinity * 2**24)`` in int64: exact in any order."""
@@ -91,7 +91,7 @@ class Segments:
             src, dst = mapping
             pos, found = _locate(self.ids, src)
             to, into = _locate(self.ids, dst)
-            if found and into and not np.isin(dst, src).any():  # fold renamed rows in
+            if found and into and _hash_index(src, dst).max() < 0:  # fold renamed rows in
                 keep = np.ones(len(self), bool)
                 keep[pos] = False
                 out = Segments(self.ids, self.size.copy(), self.key.copy(), self.lo.copy(),
@@ -247,36 +247,24 @@ def _reduce_groups(key, order, rows, wmax, wsum, count):  # pragma: no cover - c
 
 
 def _locate(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``searchsorted(ids, x)`` as int64, and whether every ``x`` is in ``ids``."""
+    """Positions of ``x`` in the ascending ``ids`` (int64; meaningless for absent values), and
+    whether every ``x`` is in ``ids``."""
     n = len(ids)
     if _consecutive(ids, x):
         pos = x.astype(np.int64)  # one array (ids and x are below 2**63)
         pos -= np.int64(ids[0])
         return pos, bool(x.size == 0 or (x.min() >= ids[0] and x.max() <= ids[-1]))
-    pos = _search_sorted(ids, x).astype(np.int64, copy=False)
-    return pos, bool(n and np.array_equal(ids[np.minimum(pos, n - 1)], x))
+    if x.size < 2 or bool((x[1:] >= x[:-1]).all()):
+        pos = np.searchsorted(ids, x).astype(np.int64, copy=False)
+        return pos, bool(n and np.array_equal(ids[np.minimum(pos, n - 1)], x))
+    pos = _hash_index(np.ascontiguousarray(ids, np.uint64), np.ascontiguousarray(x, np.uint64))
+    return pos, bool(n and pos.min() >= 0)
 
 
 def _consecutive(ids: np.ndarray, x: np.ndarray) -> bool:
     n = len(ids)
     return bool(n and x.size and ids.dtype == x.dtype == np.uint64 and ids[-1] - ids[0] == n - 1
                 and (n == 1 or (np.diff(ids) == 1).all()))
-
-
-def _search_sorted(ids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(ids, x)`` for sorted ``ids``; fast for consecutive ids or sorted x."""
-    n = len(ids)
-    if _consecutive(ids, x):
-        out = (x - ids[0]).astype(np.intp)
-        out[x < ids[0]] = 0
-        out[x > ids[-1]] = n
-        return out
-    if x.size < 2 or bool((x[1:] >= x[:-1]).all()):
-        return np.searchsorted(ids, x)
-    order = np.argsort(x, kind="stable")
-    out = np.empty(x.shape, np.intp)
-    out[order] = np.searchsorted(ids, x[order])
-    return out
 
 
 @njit(cache=True)
@@ -323,9 +311,33 @@ def apply_map(ids: np.ndarray, mapping: dict[int, int] | tuple[np.ndarray, np.nd
         src, dst = mapping
     if not len(src):
         return ids.copy()
+    if 8 * ids.size >= len(src):  # hashing, O(len(src) + ids.size)
+        flat = np.ascontiguousarray(ids, np.uint64).reshape(-1)
+        at = _hash_index(np.ascontiguousarray(src, np.uint64), flat)
+        return np.where(at >= 0, dst[at], flat).astype(np.uint64).reshape(ids.shape)
     pos = np.clip(np.searchsorted(src, ids), 0, len(src) - 1)
     hit = src[pos] == ids
     return np.where(hit, dst[pos], ids).astype(np.uint64)
+
+
+@njit(cache=True)
+def _hash_index(src, x):  # pragma: no cover - compiled
+    """Per value of ``x``: its (first) index in ``src``, or -1 (values below 2**63)."""
+    cap = 16
+    while cap < 2 * src.size:
+        cap *= 2
+    keys, vals = np.full(cap, -1, np.int64), np.empty(cap, np.int64)
+    for j in range(src.size):
+        k = np.int64(src[j])
+        i = _map_slot(keys, cap, k)
+        if keys[i] == -1:
+            keys[i], vals[i] = k, j
+    out = np.empty(x.size, np.int64)
+    for t in range(x.size):
+        k = np.int64(x[t])
+        i = _map_slot(keys, cap, k)
+        out[t] = vals[i] if keys[i] == k else -1
+    return out
 
 
 @dataclass(frozen=True)
@@ -534,6 +546,33 @@ def node_step(children: list[Resolution], links: list[np.ndarray], face_edges: l
     return res
 
 
+def final_ids(ids: np.ndarray, chain: list[Resolution], strict: bool = True) -> np.ndarray:
+    """The final id of each of ``ids`` (0 stays 0) following renames and finals from a chunk's
+    node to the root; 0 for ids the chain does not resolve, unless ``strict`` (then raise)."""
+    cur = ids.copy()
+    out = np.zeros(len(ids), np.uint64)
+    done = ids == 0
+    for res in chain:
+        cur = apply_map(cur, _sorted((res.map_from, res.map_to)))
+        ff, ft = _sorted((res.final_from, res.final_to))
+        if len(ff):
+            pos = np.clip(np.searchsorted(ff, cur), 0, len(ff) - 1)
+            hit = (ff[pos] == cur) & ~done
+            out[hit] = ft[pos[hit]]
+            done |= hit
+    if strict and not done.all():
+        raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
+    return out
+
+
+def remap_dense(dense: np.ndarray, names: np.ndarray, chain: list[Resolution],
+                strict: bool = True) -> np.ndarray:
+    """Final ids (uint64) of the labels ``names[dense]`` (``dense``: 0..len(names) - 1, and
+    ``names[0]`` = 0), as :func:`remap` gives them."""
+    table = final_ids(names, chain, strict)
+    return _through(dense.reshape(-1), np.uint64(0), table).reshape(dense.shape)
+
+
 def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
           ids: tuple[int, int] | None = None) -> np.ndarray:
     """Final ids of ``labels`` following renames and finals from the chunk's node to the root.
@@ -559,19 +598,7 @@ def remap(labels: np.ndarray, chain: list[Resolution], strict: bool = True,
             uniq = np.zeros(len(mapping) + 1, np.uint64)
             uniq[np.fromiter(mapping.values(), np.int64, len(mapping))] = np.fromiter(
                 mapping.keys(), np.uint64, len(mapping))
-    cur = uniq.copy()
-    out = np.zeros(len(uniq), np.uint64)
-    done = uniq == 0
-    for res in chain:
-        cur = apply_map(cur, _sorted((res.map_from, res.map_to)))
-        ff, ft = _sorted((res.final_from, res.final_to))
-        if len(ff):
-            pos = np.clip(np.searchsorted(ff, cur), 0, len(ff) - 1)
-            hit = (ff[pos] == cur) & ~done
-            out[hit] = ft[pos[hit]]
-            done |= hit
-    if strict and not done.all():
-        raise RuntimeError(f"{int((~done).sum())} segment(s) left unresolved at the root")
+    out = final_ids(uniq, chain, strict)
     if tabled:
         table = np.zeros(span, np.uint64)
         table[(uniq - lo).astype(np.intp)] = out

@@ -54,8 +54,10 @@ class AgglomerationParams:
 def chunk_graph(ws_padded: np.ndarray, aff: np.ndarray, origin: tuple[int, ...],
                 run_start: tuple[int, ...], params: AgglomerationParams,
                 semantic: np.ndarray | None = None, n_classes: int = 0,
-                myelin_padded: np.ndarray | None = None) -> tuple[Segments, Edges]:
-    """Supervoxel table and face-sum edges of one atomic chunk.
+                myelin_padded: np.ndarray | None = None
+                ) -> tuple[Segments, Edges, np.ndarray, np.ndarray]:
+    """Supervoxel table and face-sum edges of one atomic chunk, and its labels as dense ids:
+    ``ws_padded`` equals ``names[dense]``.
 
     ``ws_padded`` / ``myelin_padded`` cover the chunk grown by one voxel on the low sides;
     ``aff`` (X, Y, Z, 3) and ``semantic`` (X, Y, Z) cover the chunk. Supervoxels met only in
@@ -84,7 +86,7 @@ def chunk_graph(ws_padded: np.ndarray, aff: np.ndarray, origin: tuple[int, ...],
     lo[margin] = hi[margin] = seen[margin]
     rows = np.concatenate([rows, margin])
     return Segments.concat([Segments(ids[rows], size[rows], ids[rows].copy(), lo[rows],
-                                     hi[rows], hist[rows])]), edges
+                                     hi[rows], hist[rows])]), edges, dense, ids
 
 
 def agglomerate_chunk(seg: Segments, edges: Edges, node_lo: np.ndarray, node_hi: np.ndarray,

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.agglomerate.chunked import AgglomerationParams, agglomerate_chunk, chunk_graph
 from pipeline.geometry import Bbox, OctreeNode, Vec
 from pipeline.octree_jobs import Layout, MemoryStore, Store
-from pipeline.regiongraph import Resolution, node_step, remap
+from pipeline.regiongraph import Resolution, node_step, remap_dense
 
 
 def chunk_job(store: Store, layout: Layout, coord: Vec, ws_padded: np.ndarray,
@@ -20,8 +20,9 @@ def chunk_job(store: Store, layout: Layout, coord: Vec, ws_padded: np.ndarray,
     """Level 0 of one atomic chunk (``*_padded``: the chunk grown by 1 voxel on low sides)."""
     box = layout.grid.chunk(coord)
     node = OctreeNode(0, coord)
-    seg, edges = chunk_graph(ws_padded, aff, box.start, layout.bbox.start, params, semantic,
-                             n_classes, myelin_padded)
+    seg, edges, dense, names = chunk_graph(ws_padded, aff, box.start, layout.bbox.start,
+                                           params, semantic, n_classes, myelin_padded)
+    store.put(f"agg/labels/{node.tag}", {"dense": dense, "names": names})
     lo, hi, faces = layout.node_geometry(node)
     store.put(f"agg/nodes/{node.tag}",
               agglomerate_chunk(seg, edges, lo, hi, faces, params).arrays())
@@ -37,13 +38,20 @@ def node_job(store: Store, layout: Layout, node: OctreeNode,
     store.put(f"agg/nodes/{node.tag}", res.arrays())
 
 
-def remap_job(store: Store, layout: Layout, coord: Vec, ws: np.ndarray,
-              strict: bool = True) -> np.ndarray:
-    """The chunk's final segment ids from its supervoxel ids ``ws`` (0 for ids the chunk's
-    octree chain does not know, unless ``strict``)."""
+def remap_job(store: Store, layout: Layout, coord: Vec) -> np.ndarray:
+    """The final segment ids of the chunk grown by 1 voxel on its low sides (0 in that margin
+    where the chunk's octree chain does not know the supervoxel); RuntimeError naming the chunk
+    if one of its own supervoxels is unresolved."""
+    tag = OctreeNode(0, coord).tag
+    stored = store.get(f"agg/labels/{tag}")
     chain = [Resolution.from_arrays(store.get(f"agg/nodes/{n.tag}"))
              for n in layout.chain(coord)]
-    return remap(ws, chain, strict)
+    seg = remap_dense(stored["dense"], stored["names"], chain, strict=False)
+    lost = int(np.count_nonzero((seg[1:, 1:, 1:] == 0) & (stored["dense"][1:, 1:, 1:] != 0)))
+    if lost:
+        raise RuntimeError(f"chunk {layout.grid.chunk(coord)}: {lost} voxel(s) of supervoxels "
+                           "left unresolved by the octree")
+    return seg
 
 
 def _low_padded(a: np.ndarray, run: Bbox, box: Bbox) -> np.ndarray:
@@ -74,7 +82,7 @@ def agglomerate_octree(aff: np.ndarray, ws: np.ndarray, chunk_size: Vec,
     out = np.zeros(ws.shape, np.uint64)
     for coord in grid.coords():
         box = grid.chunk(coord)
-        out[box.slices()] = remap_job(store, layout, coord, ws[box.slices()])
+        out[box.slices()] = remap_job(store, layout, coord)[1:, 1:, 1:]
     return out
 
 

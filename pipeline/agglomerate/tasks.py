@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 from taskqueue import queueable
 
 from pipeline import storage
@@ -57,15 +56,12 @@ def agg_remap(conf: dict, coord: list[int]) -> None:
     config = load_config(conf)
     lay = io.layout(config)
     box = lay.grid.chunk(tuple(coord))
-    ws, aff, _, _ = _inputs(config, box)
     st = io.store(config)
     # margin voxels next to the chunk's supervoxels resolve through this chunk's chain too
-    seg = jobs.remap_job(st, lay, tuple(coord), ws, strict=False)
-    own = seg[1:, 1:, 1:]
-    if not np.array_equal(own == 0, ws[1:, 1:, 1:] == 0):
-        raise RuntimeError(f"chunk {box}: supervoxels left unresolved by the octree")
-    storage.write(config.layer_path(config.segmentation.seg_layer), box, own)
-    segments, edges = chunk_graph(seg, aff, box.start, lay.bbox.start, params_of(config))
+    seg = jobs.remap_job(st, lay, tuple(coord))
+    storage.write(config.layer_path(config.segmentation.seg_layer), box, seg[1:, 1:, 1:])
+    aff = io.read_affinity(config, box, 0)
+    segments, edges, _, _ = chunk_graph(seg, aff, box.start, lay.bbox.start, params_of(config))
     real = segments.size > 0
     st.put(f"tables/{OctreeNode(0, tuple(coord)).tag}",
            {"ids": segments.ids[real], "size": segments.size[real], "a": edges.a,

@@ -84,8 +84,10 @@ def test_chunk_graph_sums_every_face_it_owns(start: tuple[int, int, int], fine: 
         aff = rng.random((*ws.shape, 3)).astype(np.float32)
     run = Bbox.from_shape(ws.shape)
     box = Bbox(start, ws.shape)
-    seg, edges = chunk_graph(_low_padded(ws, run, box), aff[box.slices()], box.start,
-                             run.start, AgglomerationParams())
+    padded = _low_padded(ws, run, box)
+    seg, edges, dense, names = chunk_graph(padded, aff[box.slices()], box.start, run.start,
+                                           AgglomerationParams())
+    assert np.array_equal(names[dense], padded) and names[0] == 0
     want = brute_face_sums(ws, aff, start)
     got = {(int(a), int(b)): (int(s), int(n))
            for a, b, s, n in zip(edges.a, edges.b, edges.wsum, edges.count, strict=True)}
