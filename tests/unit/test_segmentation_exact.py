@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from pipeline import regiongraph
 from pipeline.agglomerate.chunked import AgglomerationParams
 from pipeline.agglomerate.jobs import agglomerate_global, agglomerate_octree
 from pipeline.watershed.chunked import WatershedParams
@@ -32,8 +35,14 @@ def gt_affinities(shape, seed, noise=0.15):
     return np.clip(aff, 0, 1).astype(np.float32), gt
 
 
+DEFER = [0.0, 1 / 3, 2.0]  # every node with a frozen segment passes its graph up; ours; none
+
+
+@pytest.mark.parametrize("defer", DEFER)
 @pytest.mark.parametrize("chunk", CHUNKS)
-def test_watershed_and_agglomeration_chunked_equal_global_on_gt_affinities(chunk):
+def test_watershed_and_agglomeration_chunked_equal_global_on_gt_affinities(chunk, defer,
+                                                                          monkeypatch):
+    monkeypatch.setattr(regiongraph, "DEFER_FROZEN", defer)
     aff, _ = gt_affinities((26, 22, 18), seed=1, noise=0.3)
     wp = WatershedParams(high=0.999, low=0.05, size=10, dust=2)
     ws = watershed_global(aff, wp)
@@ -63,11 +72,17 @@ def test_ids_are_chunking_invariant_and_meaningful():
        chunk=st.tuples(st.integers(2, 6), st.integers(2, 6), st.integers(1, 5)),
        high=st.sampled_from([0.8, 0.95, 1.0]), low=st.sampled_from([0.0, 0.1, 0.3]),
        size=st.integers(0, 40), dust=st.integers(0, 8), threshold=st.sampled_from([0.2, 0.5]),
-       constrained=st.booleans())
-@settings(max_examples=40, deadline=None)
+       constrained=st.booleans(), defer=st.sampled_from(DEFER))
+@settings(max_examples=60, deadline=None)
 def test_random_affinities_chunked_equal_global(seed, levels, shape, chunk, high, low, size,
-                                                dust, threshold, constrained):
-    """Random (optionally quantized, so full of ties) affinities, constraints on or off."""
+                                                dust, threshold, constrained, defer):
+    """Random (optionally quantized, so full of ties) affinities, constraints on or off, nodes
+    deciding or passing their graphs up."""
+    with mock.patch.object(regiongraph, "DEFER_FROZEN", defer):
+        _random_case(seed, levels, shape, chunk, high, low, size, dust, threshold, constrained)
+
+
+def _random_case(seed, levels, shape, chunk, high, low, size, dust, threshold, constrained):
     rng = np.random.default_rng(seed)
     aff = rng.random((*shape, 3)).astype(np.float32)
     if levels:
