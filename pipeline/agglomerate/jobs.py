@@ -11,7 +11,8 @@ import numpy as np
 from pipeline.agglomerate.chunked import AgglomerationParams, agglomerate_chunk, chunk_graph
 from pipeline.geometry import Bbox, OctreeNode, Vec
 from pipeline.octree_jobs import Layout, MemoryStore, Store
-from pipeline.regiongraph import Resolution, node_step, remap_dense
+from pipeline.regiongraph import Resolution, node_step
+from pipeline.remap import remap_dense
 
 
 def chunk_job(store: Store, layout: Layout, coord: Vec, ws_padded: np.ndarray,

@@ -11,7 +11,8 @@ import numpy as np
 
 from pipeline.geometry import Bbox, OctreeNode, Vec
 from pipeline.octree_jobs import Layout, MemoryStore, Store
-from pipeline.regiongraph import Edges, Resolution, node_step, remap
+from pipeline.regiongraph import Edges, Resolution, node_step
+from pipeline.remap import remap
 from pipeline.watershed.chunked import (
     MARGIN,
     WatershedParams,
