@@ -33,6 +33,7 @@ from pipeline.regiongraph import (
     frozen_mask,
     resolve,
 )
+from pipeline.regiongraph_kernel import _map_slot
 from pipeline.watershed.kernels import face_entry, max_per_pair
 
 MARGIN = 3
@@ -310,16 +311,47 @@ def _faces(labels: np.ndarray, kept: np.ndarray, aff: np.ndarray,
 def stitch_face(lower: dict[str, np.ndarray], upper: dict[str, np.ndarray],
                 axis: int) -> tuple[np.ndarray, Edges]:
     """Across the face between two chunks along ``axis``: basin links (n, 2) and edges."""
-    la = lower[f"hi{axis}"].ravel()
-    lb = upper[f"lo{axis}"].ravel()
-    link = lower[f"link{axis}"].ravel()
-    w = lower[f"aff{axis}"].ravel()
-    both = (la != 0) & (lb != 0)
-    def pairs(m: np.ndarray) -> Edges:  # one row per distinct pair
-        zeros = np.zeros(int(m.sum()), np.int64)
-        return Edges.concat([Edges(la[m], lb[m], w[m], zeros, zeros)])
-
-    joined = pairs(link & both)
-    return np.stack([joined.a, joined.b], axis=1), pairs(both)
+    a, b, w, linked = _face_pairs(lower[f"hi{axis}"].ravel(), upper[f"lo{axis}"].ravel(),
+                                  lower[f"link{axis}"].ravel(), lower[f"aff{axis}"].ravel())
+    zeros = np.zeros(len(a), np.int64)
+    return np.stack([a[linked], b[linked]], axis=1), Edges(a, b, w, zeros, zeros)
 
 
+@njit(cache=True)
+def _face_pairs(la, lb, link, w):  # pragma: no cover - compiled
+    """Per distinct pair of basins facing each other (both nonzero, ``la`` of one chunk and
+    ``lb`` of the other): its ids (low, high), max affinity, and whether a voxel pair of it is
+    linked; in order of first appearance."""
+    top = np.uint64(np.iinfo(np.uint64).max)
+    amin, bmin, amax, bmax, m = top, top, np.uint64(0), np.uint64(0), 0
+    for i in range(la.size):
+        if la[i] != 0 and lb[i] != 0 and la[i] != lb[i]:
+            amin, amax = min(amin, la[i]), max(amax, la[i])
+            bmin, bmax = min(bmin, lb[i]), max(bmax, lb[i])
+            m += 1
+    span = np.int64(bmax - bmin) + 1 if m else np.int64(1)
+    if m and np.int64(amax - amin) >= np.iinfo(np.int64).max // span:
+        raise ValueError("the basin ids of a face span too wide a range")
+    cap = 16
+    while cap < 2 * m:
+        cap *= 2
+    keys, rows = np.full(cap, -1, np.int64), np.empty(cap, np.int64)
+    A, B = np.empty(m, np.uint64), np.empty(m, np.uint64)
+    W, L = np.empty(m, np.float32), np.zeros(m, np.bool_)
+    k = 0
+    for i in range(la.size):
+        if la[i] == 0 or lb[i] == 0 or la[i] == lb[i]:
+            continue
+        key = np.int64(la[i] - amin) * span + np.int64(lb[i] - bmin)
+        s = _map_slot(keys, cap, key)
+        if keys[s] == -1:
+            keys[s], rows[s] = key, k
+            A[k], B[k] = min(la[i], lb[i]), max(la[i], lb[i])
+            W[k], L[k] = w[i], link[i]
+            k += 1
+        else:
+            r = rows[s]
+            if w[i] > W[r]:
+                W[r] = w[i]
+            L[r] |= link[i]
+    return A[:k], B[:k], W[:k], L[:k]
