@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from pipeline.regiongraph_kernel import MODE_MEAN, MODE_SINGLE_LINKAGE, _map_slot, resolve_dense
+from pipeline.regiongraph_kernel import (
+    MODE_MEAN,
+    MODE_SINGLE_LINKAGE,
+    _map_new,
+    _map_slot,
+    resolve_dense,
+)
 
 FIXED_POINT = float(1 << 24)
 """Affinity sums are accumulated as ``round(affinity * 2**24)`` in int64: exact in any order."""
@@ -290,10 +296,7 @@ def apply_map(ids: np.ndarray, mapping: dict[int, int] | tuple[np.ndarray, np.nd
 @njit(cache=True)
 def _hash_index(src, x):  # pragma: no cover - compiled
     """Per value of ``x``: its (first) index in ``src``, or -1 (values below 2**63)."""
-    cap = 16
-    while cap < 2 * src.size:
-        cap *= 2
-    keys, vals = np.full(cap, -1, np.int64), np.empty(cap, np.int64)
+    keys, vals, cap = _map_new(src.size)
     for j in range(src.size):
         k = np.int64(src[j])
         i = _map_slot(keys, cap, k)

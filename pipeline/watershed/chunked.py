@@ -33,7 +33,7 @@ from pipeline.regiongraph import (
     frozen_mask,
     resolve,
 )
-from pipeline.regiongraph_kernel import _map_slot
+from pipeline.regiongraph_kernel import _map_new, _map_slot
 from pipeline.watershed.kernels import face_entry, max_per_pair
 
 MARGIN = 3
@@ -332,10 +332,7 @@ def _face_pairs(la, lb, link, w):  # pragma: no cover - compiled
     span = np.int64(bmax - bmin) + 1 if m else np.int64(1)
     if m and np.int64(amax - amin) >= np.iinfo(np.int64).max // span:
         raise ValueError("the basin ids of a face span too wide a range")
-    cap = 16
-    while cap < 2 * m:
-        cap *= 2
-    keys, rows = np.full(cap, -1, np.int64), np.empty(cap, np.int64)
+    keys, rows, cap = _map_new(m)
     A, B = np.empty(m, np.uint64), np.empty(m, np.uint64)
     W, L = np.empty(m, np.float32), np.zeros(m, np.bool_)
     k = 0
